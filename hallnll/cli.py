@@ -1,0 +1,171 @@
+"""``hallnll`` command line (also ``python -m hallnll``).
+
+    hallnll quickstart [--out DIR]            # the embedded default: digits, 40% C-based noise, 4 variants
+    hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N]
+    hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
+    hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list]
+    hallnll bench [--arch preact_resnet18] [--epochs N] [--json FILE]
+
+Errors in the input (config, data, labels) print one line ``error: ...`` and
+exit with status 2 before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+QUICKSTART_PARAMS = Path(__file__).resolve().parents[1] / "params" / "digits-quick.yaml"
+
+
+def _input_errors():
+    from .data import DataError
+
+    errors = (ConfigError, DataError)
+    try:
+        from .noise import NoiseError
+
+        errors = errors + (NoiseError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return errors
+
+
+def _table(rows, headers) -> str:
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def _fmt(x, pct=True):
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f}" if pct else f"{x:.1f}"
+
+
+def cmd_train(args) -> int:
+    from .train import fit
+
+    cfg = load_config(args.params, args.set)
+    out = Path(args.out)
+    if args.seeds > 1 or args.parallel > 1:
+        from .reproduce import run_seeds
+
+        summaries = run_seeds(args.params, args.set, out, seeds=args.seeds, parallel=args.parallel, resume=not args.no_resume)
+        rows = [[s.get("seed"), _fmt(s.get("best_acc")), _fmt(s.get("last_acc")), s.get("epochs"),
+                 _fmt(s.get("wall_seconds"), False)] for s in summaries]
+        print(_table(rows, ["seed", "best %", "last %", "epochs", "seconds"]))
+        return 0
+    res = fit(cfg, out, resume=not args.no_resume)
+    s = res.summary
+    print(_table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
+                 ["variant", "best %", "last %", "epochs", "seconds"]))
+    print(f"wrote {out}/config.yaml, metrics.jsonl, summary.json, labels.csv, checkpoint.pt")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    """The main job on the embedded default: every variant on digits with 40% C-based noise."""
+    from .reporting import plot_correction, plot_training
+    from .train import fit, prepare
+
+    base = load_config(QUICKSTART_PARAMS, args.set)
+    out = Path(args.out)
+    data, noisy, rep = prepare(base, progress=not args.no_progress)
+    print(f"digits: {len(noisy)} training / {len(data.y_test)} test images, {base.noise} noise, "
+          f"actual rate {100 * rep.actual_rate:.1f}% (seed {base.noise_seed})")
+    rows, hists = [], {}
+    for variant in ("ce", "gmm", "easy", "hallnll"):
+        cfg = base.replace(variant=variant, name=f"quickstart-{variant}", progress=not args.no_progress)
+        res = fit(cfg, out / variant, data=data, noisy=noisy, resume=not args.no_resume)
+        s, last = res.summary, res.history[-1]
+        hists[variant] = res.history
+        rows.append([variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), _fmt(last.get("precision_easy")),
+                     last.get("n_clean_hard", "-"), _fmt(last.get("precision_clean_hard")),
+                     _fmt(last.get("label_noise_rate")), _fmt(s["wall_seconds"], False)])
+    print()
+    print(_table(rows, ["variant", "best acc %", "last acc %", "easy prec %", "|clean-hard|",
+                        "clean-hard prec %", "train-label noise %", "seconds"]))
+    fig_dir = Path(args.figures)
+    plot_training(hists, fig_dir / "quickstart_accuracy", title="digits, 40% classification-based noise")
+    plot_correction(hists["hallnll"], fig_dir / "quickstart_correction", title="hallnll on digits")
+    print(f"\nwrote {fig_dir}/quickstart_accuracy.png, {fig_dir}/quickstart_correction.png and runs under {out}/")
+    return 0
+
+
+def cmd_noise(argv) -> int:
+    from .noise import cli
+
+    return cli(argv)
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import main as reproduce_main
+
+    return reproduce_main(args)
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hallnll", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    q = sub.add_parser("quickstart", help="the embedded default: digits, 40%% C-based noise, ce/gmm/easy/hallnll")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--figures", default="figures")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--no-resume", action="store_true")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(fn=cmd_quickstart)
+
+    t = sub.add_parser("train", help="train one params file")
+    t.add_argument("params")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--out", required=True)
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--seeds", type=int, default=1, help="run seeds seed..seed+N-1 into OUT/seedK")
+    t.add_argument("--parallel", type=int, default=1, help="run this many seeds at once (one GPU)")
+    t.set_defaults(fn=cmd_train)
+
+    sub.add_parser("noise", help="write a noisy-label CSV and print its report", add_help=False)
+
+    r = sub.add_parser("reproduce", help="papermill batches for a table of the paper")
+    r.add_argument("table", nargs="?", default=None)
+    r.add_argument("--scale", choices=("quick", "paper"), default="quick")
+    r.add_argument("--seeds", type=int, default=None)
+    r.add_argument("--parallel", type=int, default=1)
+    r.add_argument("--list", action="store_true")
+    r.add_argument("--results", default="results")
+    r.add_argument("--runs", default="runs/reproduce")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.set_defaults(fn=cmd_reproduce)
+
+    b = sub.add_parser("bench", help="seconds per phase, images/s and TFLOP/s")
+    b.add_argument("--params", default=None)
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--epochs", type=int, default=3)
+    b.add_argument("--json", default="bench.json")
+    b.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "noise":
+        return cmd_noise(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except _input_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

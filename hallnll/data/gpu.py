@@ -1,0 +1,76 @@
+"""GPU-resident images and batched augmentation (the airbench way).
+
+The whole training set lives on the device as uint8 ``[N, C, H, W]``. A batch
+is gathered by index, augmented as tensor ops on the whole batch (random crop
+with zero padding, horizontal flip) and normalised: no per-image Python, no
+DataLoader workers, no host round-trip.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class DeviceImages:
+    """uint8 images on ``device`` plus the per-channel normalisation."""
+
+    def __init__(self, x_uint8: torch.Tensor, mean, std, device, channels_last: bool = False):
+        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
+            raise ValueError(f"expected uint8 images [N, C, H, W], got {x_uint8.dtype} {tuple(x_uint8.shape)}")
+        self.device = torch.device(device)
+        self.x = x_uint8.to(self.device, non_blocking=True)
+        c = self.x.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
+        self.channels_last = channels_last
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def normalize(self, xb: torch.Tensor) -> torch.Tensor:
+        out = (xb.float() - self.mean) / self.std
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def batch(self, idx: torch.Tensor, augment: bool = False, padding: int = 4, hflip: bool = True,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised float batch of the images at ``idx`` (optionally augmented)."""
+        xb = self.x[idx]
+        if augment:
+            xb = augment_batch(xb, padding, hflip, generator)
+        return self.normalize(xb)
+
+    def iter_batches(self, batch_size: int):
+        """Plain (un-augmented) batches in order, for evaluation."""
+        n = len(self)
+        for s in range(0, n, batch_size):
+            idx = torch.arange(s, min(s + batch_size, n), device=self.device)
+            yield idx, self.normalize(self.x[idx])
+
+
+def augment_batch(xb: torch.Tensor, padding: int = 4, hflip: bool = True,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (zero padding ``padding``) and horizontal flip, per image, batched.
+
+    Equivalent to torchvision's ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip()``
+    applied image by image, but as one gather on the whole batch.
+    """
+    b, c, h, w = xb.shape
+    dev = xb.device
+    if padding > 0:
+        padded = torch.nn.functional.pad(xb, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
+        rows = (oy[:, None] + torch.arange(h, device=dev)[None])  # [B, H]
+        cols = (ox[:, None] + torch.arange(w, device=dev)[None])  # [B, W]
+        if hflip:
+            flip = torch.rand(b, device=dev, generator=generator) < 0.5
+            cols = torch.where(flip[:, None], cols.flip(1), cols)
+        bi = torch.arange(b, device=dev)[:, None, None]
+        # padded[b, :, rows[b, i], cols[b, j]] -> [B, H, W, C]
+        out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]
+        return out.permute(0, 3, 1, 2)
+    if hflip:
+        flip = torch.rand(b, device=dev, generator=generator) < 0.5
+        return torch.where(flip[:, None, None, None], xb.flip(3), xb)
+    return xb

@@ -1,0 +1,193 @@
+"""What a run leaves behind, and the selection metrics.
+
+- ``metrics.jsonl``: one JSON object per epoch (see :func:`selection_metrics`).
+- ``summary.json``: best and last test accuracy, epochs, wall seconds.
+- ``labels.csv``: the label-issue report, one row per training sample:
+  ``index, given_label, corrected_label, easiness, selected_as_clean, subset,
+  predicted_label`` and ``true_label`` when the clean labels are known.
+- figures: training curves, noise-rate / correction curves (Fig. 6).
+
+All writes are atomic (temporary file, then rename), so an interrupted run
+never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+
+SUBSETS = ("easy", "clean-hard", "unlabeled")
+
+
+def atomic_write_text(path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_metrics(path, history: list) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def read_metrics(path) -> list:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def summarize(history: list, wall_seconds: float, cfg=None) -> dict:
+    accs = [r["test_acc"] for r in history if r.get("test_acc") is not None]
+    best = max(range(len(accs)), key=accs.__getitem__) if accs else None
+    ssl = [r["seconds"]["total"] for r in history if r.get("phase") == "ssl"]
+    out = {
+        "best_acc": accs[best] if accs else None,
+        "best_epoch": history[best]["epoch"] if accs else None,
+        "last_acc": accs[-1] if accs else None,
+        "epochs": len(history),
+        "wall_seconds": wall_seconds,
+        "seconds_per_ssl_epoch": sum(ssl) / len(ssl) if ssl else None,
+    }
+    if cfg is not None:
+        out.update(name=cfg.name, variant=cfg.variant, dataset=cfg.dataset, noise=cfg.noise,
+                   noise_rate=cfg.noise_rate, seed=cfg.seed, arch=cfg.arch, epochs_planned=cfg.epochs)
+    return out
+
+
+def selection_metrics(true: torch.Tensor | None, given: torch.Tensor, labeled_mask: torch.Tensor,
+                      easy_mask: torch.Tensor, clean_hard_mask: torch.Tensor, train_labels: torch.Tensor) -> dict:
+    """Counts and, when the true labels are known, the quality of the selection.
+
+    ``train_labels`` are the labels the SSL step uses (corrected for clean-hard).
+    - precision_easy: share of easy samples whose given label is right;
+    - precision_clean_hard: share of clean-hard samples whose corrected label is
+      right (the accuracy of the corrected labels);
+    - fixed: clean-hard samples whose wrong given label was corrected to the truth;
+    - recall_clean: share of the truly clean samples that are labeled;
+    - labeled_noise_rate: noise rate of the labeled set's training labels;
+    - label_noise_rate: noise rate of the whole training set after correction
+      (Fig. 6a's "overall noise rate").
+    """
+    m = {
+        "n_labeled": int(labeled_mask.sum()),
+        "n_easy": int(easy_mask.sum()),
+        "n_clean_hard": int(clean_hard_mask.sum()),
+        "n_unlabeled": int((~labeled_mask).sum()),
+        "n_changed": int((clean_hard_mask & (train_labels != given)).sum()),
+    }
+    if true is None:
+        return m
+
+    def mean(b):
+        return float(b.float().mean()) if b.numel() else None
+
+    right_given = given == true
+    right_train = train_labels == true
+    m.update(
+        precision_easy=mean(right_given[easy_mask]),
+        precision_clean_hard=mean(right_train[clean_hard_mask]),
+        fixed=int((clean_hard_mask & ~right_given & right_train).sum()),
+        recall_clean=mean(labeled_mask[right_given]),
+        labeled_noise_rate=mean(~right_train[labeled_mask]),
+        label_noise_rate=mean(~right_train),
+    )
+    return m
+
+
+def write_labels_csv(path, given, corrected, easiness, subset_codes, predicted, true=None) -> None:
+    """The label-issue report (one row per training sample)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["index", "given_label", "corrected_label", "easiness", "selected_as_clean", "subset", "predicted_label"]
+    if true is not None:
+        header.append("true_label")
+    w.writerow(header)
+    cols = [t.tolist() for t in (given, corrected, easiness, subset_codes, predicted)]
+    tl = true.tolist() if true is not None else None
+    for i, (g, c, e, s, p) in enumerate(zip(*cols)):
+        row = [i, g, c, f"{e:.4f}", int(s < 2), SUBSETS[s], p]
+        if tl is not None:
+            row.append(tl[i])
+        w.writerow(row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_labels_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- figures
+def _save(fig, path_stem) -> list[str]:
+    path_stem = Path(path_stem)
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in (".png", ".pdf"):
+        p = str(path_stem) + ext
+        fig.savefig(p, dpi=200, bbox_inches="tight")
+        out.append(p)
+    return out
+
+
+def plot_training(histories: dict, path_stem=None, title: str = ""):
+    """Test accuracy per epoch for one or more runs: ``{label: history}``.
+
+    Returns the figure; with ``path_stem`` also writes PNG and PDF.
+    """
+    import matplotlib
+
+    if path_stem is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for label, hist in histories.items():
+        ep = [r["epoch"] for r in hist]
+        ax.plot(ep, [100 * r["test_acc"] for r in hist], label=label, lw=1.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    if path_stem is not None:
+        _save(fig, path_stem)
+    return fig
+
+
+def plot_correction(history: list, path_stem=None, title: str = ""):
+    """Fig. 6: (a) overall label noise rate and (b) corrected-label accuracy per epoch."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in history if r.get("label_noise_rate") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    ep = [r["epoch"] for r in rows]
+    axes[0].plot(ep, [100 * r["label_noise_rate"] for r in rows], color="C3", label="training set")
+    axes[0].plot(ep, [100 * r["labeled_noise_rate"] for r in rows], color="C1", ls="--", label="labeled set")
+    axes[0].set_ylabel("noise rate (%)")
+    axes[0].set_title("(a) noise rate")
+    axes[0].legend(frameon=False)
+    acc = [(r["epoch"], 100 * r["precision_clean_hard"]) for r in rows if r.get("precision_clean_hard") is not None]
+    if acc:
+        axes[1].plot(*zip(*acc), color="C2")
+    axes[1].set_ylabel("corrected-label accuracy (%)")
+    axes[1].set_title("(b) correction accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path_stem is not None:
+        _save(fig, path_stem)
+    return fig

@@ -1,0 +1,147 @@
+"""Sample selection: easy samples by the small-loss criterion (§3.1, Eq. 1)
+and clean hard samples by hallucinated anchors (§3.3).
+
+Easy selection (§3.1)
+    The per-sample cross-entropy loss l_n = CE(g(f(x_n)), y~_n) is fitted by a
+    two-component GMM (scikit-learn's ``GaussianMixture``, set up as DivideMix
+    does: losses min-max normalised, ``max_iter=10, tol=1e-2,
+    reg_covar=5e-4``); the easiness omega_n is the posterior of the
+    component with the smaller mean. The easy subset takes, for every class j
+    (by the given label), the M_j samples of highest easiness:
+
+        M_j = min( ceil(|D| * P / C), N_j )                          (Eq. 1)
+
+    and the hard subset is the rest.
+
+Hard selection (§3.3)
+    Every hallucinated anchor s_a in S_hal picks its nearest real hard
+    feature by cosine similarity, s_r = argmax_n <s_a, s_n>. The anchor is a
+    *valid* representative of s_r if <s_a, s_r> >= lambda_conf. A hard sample
+    with at least one valid anchor is *clean hard*; its corrected label is
+    the majority vote of (at most) K of its valid anchors, the most similar
+    ones (ties go to the label of the most similar anchor). Done as chunked
+    matrix products on the device, so the |S_hal| x |S_h| similarity matrix
+    never has to exist at once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every sample against its given label, shape [N]."""
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def easiness(losses: torch.Tensor, max_iter: int = 10, seed: int = 0) -> torch.Tensor:
+    """omega_n: posterior of the low-mean component of a 2-GMM on the losses.
+
+    Runs scikit-learn's GaussianMixture on the host (one transfer of N floats
+    per epoch); returns a float32 tensor on the device of ``losses``.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    l = losses.detach().float()
+    l = (l - l.min()) / (l.max() - l.min()).clamp_min(1e-12)
+    x = l.cpu().numpy().astype(np.float64).reshape(-1, 1)
+    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=1e-2, reg_covar=5e-4, random_state=seed)
+    gmm.fit(x)
+    prob = gmm.predict_proba(x)[:, int(np.argmin(gmm.means_.ravel()))]
+    return torch.from_numpy(prob.astype(np.float32)).to(losses.device)
+
+
+def class_balanced_quota(labels: torch.Tensor, num_classes: int, p: float) -> torch.Tensor:
+    """M_j of Eq. 1 for every class j, int64 [C]."""
+    n_j = torch.bincount(labels, minlength=num_classes)
+    m = math.ceil(len(labels) * p / num_classes)
+    return torch.clamp(n_j, max=m)
+
+
+def select_easy(omega: torch.Tensor, labels: torch.Tensor, num_classes: int, p: float) -> torch.Tensor:
+    """Boolean mask of the class-balanced easy subset (Eq. 1).
+
+    Within each class (given label) the ``M_j`` samples of highest easiness
+    are easy; ties are broken by index so the result is deterministic.
+    """
+    n = len(labels)
+    quota = class_balanced_quota(labels, num_classes, p)
+    # sort by (class asc, omega desc, index asc): stable sorts, last key first
+    order = torch.argsort(omega, descending=True, stable=True)
+    order = order[torch.argsort(labels[order], stable=True)]
+    sorted_labels = labels[order]
+    starts = torch.cumsum(torch.bincount(labels, minlength=num_classes), 0) - torch.bincount(labels, minlength=num_classes)
+    rank = torch.arange(n, device=labels.device) - starts[sorted_labels]
+    mask = torch.zeros(n, dtype=torch.bool, device=labels.device)
+    mask[order] = rank < quota[sorted_labels]
+    return mask
+
+
+def select_gmm(omega: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """DivideMix's selection (Table 5 row 1): easiness above a threshold, no class balance."""
+    return omega > threshold
+
+
+@dataclass
+class HardSelection:
+    """Result of §3.3 over the hard subset (indices are positions in S_h)."""
+
+    clean: torch.Tensor  # bool [N_h]: has >= 1 valid anchor
+    corrected: torch.Tensor  # int64 [N_h]: voted label (-1 where not clean)
+    confidence: torch.Tensor  # float [N_h]: mean similarity of the voting anchors (0 where not clean)
+    n_valid_anchors: torch.Tensor  # int64 [N_h]: valid anchors whose nearest hard sample this is
+    nearest: torch.Tensor  # int64 [M]: nearest hard index of each anchor
+    similarity: torch.Tensor  # float [M]: its cosine similarity
+
+
+@torch.no_grad()
+def nearest_hard(anchors: torch.Tensor, hard_feats: torch.Tensor, chunk: int = 4096):
+    """For each anchor, the index of and cosine similarity to its nearest hard feature.
+
+    Chunked over anchors: memory is ``chunk x N_h`` at a time.
+    """
+    a = F.normalize(anchors.float(), dim=1)
+    h = F.normalize(hard_feats.float(), dim=1)
+    sims, idx = [], []
+    for s in range(0, len(a), chunk):
+        v, i = (a[s:s + chunk] @ h.T).max(dim=1)
+        sims.append(v)
+        idx.append(i)
+    if not sims:
+        e = anchors.new_zeros(0)
+        return e.long(), e.float()
+    return torch.cat(idx), torch.cat(sims)
+
+
+@torch.no_grad()
+def select_hard(anchors: torch.Tensor, anchor_labels: torch.Tensor, hard_feats: torch.Tensor,
+                num_classes: int, lambda_conf: float, k: int = 3, chunk: int = 4096) -> HardSelection:
+    """Clean-hard selection and K-vote label correction (§3.3); see the module docstring."""
+    n_h = len(hard_feats)
+    dev = hard_feats.device
+    nearest, sim = nearest_hard(anchors, hard_feats, chunk)
+    valid = sim >= lambda_conf
+    v_idx, v_sim, v_lab = nearest[valid], sim[valid], anchor_labels[valid].to(dev)
+    n_valid = torch.bincount(v_idx, minlength=n_h)
+    clean = n_valid > 0
+    # keep the K most similar valid anchors of each hard sample
+    order = torch.argsort(v_sim, descending=True, stable=True)
+    order = order[torch.argsort(v_idx[order], stable=True)]
+    g_idx, g_sim, g_lab = v_idx[order], v_sim[order], v_lab[order]
+    starts = torch.cumsum(n_valid, 0) - n_valid
+    rank = torch.arange(len(g_idx), device=dev) - starts[g_idx]
+    keep = rank < k
+    g_idx, g_sim, g_lab = g_idx[keep], g_sim[keep], g_lab[keep]
+    flat = g_idx * num_classes + g_lab
+    votes = torch.zeros(n_h * num_classes, device=dev).index_add_(0, flat, torch.ones_like(g_sim))
+    best = torch.zeros(n_h * num_classes, device=dev).scatter_reduce_(0, flat, g_sim, reduce="amax", include_self=True)
+    # a tie in votes goes to the label of the most similar anchor (sim <= 1 < one vote)
+    score = (votes + 0.5 * best).view(n_h, num_classes)
+    corrected = torch.where(clean, score.argmax(1), torch.full_like(clean, -1, dtype=torch.long))
+    n_kept = torch.bincount(g_idx, minlength=n_h).clamp_min(1)
+    conf = torch.zeros(n_h, device=dev).index_add_(0, g_idx, g_sim) / n_kept
+    return HardSelection(clean, corrected, conf, n_valid, nearest, sim)
