@@ -83,6 +83,10 @@ class Config:
 
     # ---- details the paper leaves open ----------------------------------------
     gmm_threshold: float = 0.5  # variant=gmm: labeled if easiness > threshold (DivideMix's p_threshold)
+    # How the easy subset is chosen for easy/hallnll: "balanced" is Eq. 1;
+    # "gmm" is DivideMix's easiness > gmm_threshold, which the paper uses for
+    # Clothing1M (§4.2). Variant gmm always uses "gmm".
+    easy_selection: str = "balanced"
     # Hallucinator h_phi: a two-layer MLP (2d -> hidden -> d). The width is not
     # given; 0 means "hidden = d", the smallest width that is not a bottleneck.
     hal_hidden: int = 0
@@ -143,6 +147,8 @@ class Config:
                 bad(key, "must lie in (0, 1]")
         if not 0.5 <= self.lambda_p <= 1.0:
             bad("lambda_p", "must lie in [0.5, 1] (§3.2)")
+        if self.easy_selection not in ("balanced", "gmm"):
+            bad("easy_selection", "use balanced (Eq. 1) or gmm (DivideMix's threshold)")
         if not 0.0 <= self.gmm_threshold <= 1.0:
             bad("gmm_threshold", "must lie in [0, 1]")
         if not (self.clean_hard_weight == -1.0 or 0.0 <= self.clean_hard_weight <= 1.0):

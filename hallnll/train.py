@@ -229,7 +229,7 @@ def select_epoch(model, hal, hal_opt, train_x: DeviceImages, given: torch.Tensor
     train_labels = given.clone()
     weights = omega.clone()
     clean_hard = torch.zeros(n, dtype=torch.bool, device=given.device)
-    if cfg.variant == "gmm":
+    if cfg.variant == "gmm" or cfg.easy_selection == "gmm":
         easy = selection.select_gmm(omega, cfg.gmm_threshold)
     else:
         easy = selection.select_easy(omega, given, C, cfg.p)

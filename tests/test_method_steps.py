@@ -1,0 +1,169 @@
+"""Each step of §3 on tiny tensors with answers worked out by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hallnll import selection, ssl
+from hallnll.hallucination import Hallucinator, hallucinate, hallucination_loss, sample_partners
+
+
+# ---------------------------------------------------------------- Eq. 1
+def test_quota_eq1_with_a_class_smaller_than_mj():
+    # |D| = 20, C = 3, P = 0.5 -> ceil(20 * 0.5 / 3) = ceil(3.33) = 4
+    labels = torch.tensor([0] * 10 + [1] * 8 + [2] * 2)
+    q = selection.class_balanced_quota(labels, 3, 0.5)
+    assert q.tolist() == [4, 4, 2]  # class 2 has only N_2 = 2 < M = 4
+
+
+def test_select_easy_takes_top_easiness_per_class():
+    labels = torch.tensor([0] * 10 + [1] * 8 + [2] * 2)
+    omega = torch.linspace(0, 1, 20).flip(0)  # index 0 easiest overall
+    omega[15] = 2.0  # the easiest sample of class 1
+    mask = selection.select_easy(omega, labels, 3, 0.5)
+    assert mask.sum() == 4 + 4 + 2
+    assert mask[:4].all() and not mask[4:10].any()  # class 0: its 4 highest
+    assert mask[[10, 11, 12, 15]].all() and not mask[[13, 14, 16, 17]].any()  # class 1: 15 jumps the queue
+    assert mask[18:].all()  # class 2: both, fewer than M_j
+    # the hard subset is the complement
+    assert (~mask).sum() == 10
+
+
+def test_easiness_is_posterior_of_the_low_loss_component():
+    g = torch.Generator().manual_seed(0)
+    low = 0.1 + 0.02 * torch.randn(300, generator=g)
+    high = 2.0 + 0.2 * torch.randn(200, generator=g)
+    omega = selection.easiness(torch.cat([low, high]).abs())
+    assert omega[:300].min() > 0.9 and omega[300:].max() < 0.1
+
+
+def test_gmm_selection_is_a_threshold_without_balance():
+    omega = torch.tensor([0.9, 0.2, 0.6, 0.5])
+    assert selection.select_gmm(omega, 0.5).tolist() == [True, False, True, False]
+
+
+# ---------------------------------------------------------------- Eq. 2
+def test_hallucination_loss_value_by_hand():
+    s_u = torch.tensor([[1.0, 0.0]])
+    s_v = torch.tensor([[0.0, 1.0]])
+    s_a = torch.tensor([[1.0, 1.0]])  # cos to both = 1/sqrt(2)
+    logits = torch.tensor([[2.0, 0.0]])
+    y = torch.tensor([0])
+    total, clo, ce = hallucination_loss(s_a, s_u, s_v, logits, y, lambda_p=0.6)
+    expect_clo = -(0.6 + 0.4) / math.sqrt(2)
+    expect_ce = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert clo.item() == pytest.approx(expect_clo, abs=1e-6)
+    assert ce.item() == pytest.approx(expect_ce, abs=1e-6)
+    assert total.item() == pytest.approx(expect_clo + expect_ce, abs=1e-6)
+
+
+def test_partners_always_come_from_another_class():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    u = torch.arange(6).repeat(50)
+    v = sample_partners(labels, u, 4, torch.Generator().manual_seed(0))  # class 3 has no easy sample
+    assert (labels[v] != labels[u]).all()
+    assert set(labels[v].tolist()) == {0, 1, 2}
+
+
+def test_hallucinator_phase_trains_only_phi_and_keeps_every_anchor():
+    torch.manual_seed(0)
+    d, C = 8, 3
+    feats = torch.randn(60, d)
+    labels = torch.arange(60) % C
+    clf = torch.nn.Linear(d, C)
+    w0 = clf.weight.clone()
+    hal = Hallucinator(d, 16)
+    opt = torch.optim.SGD(hal.parameters(), lr=0.1, momentum=0.9)
+    first = hallucinate(hal, opt, clf, feats, labels, C, iters=5, batch_size=16, lambda_p=0.6,
+                        generator=torch.Generator().manual_seed(1))
+    assert first.anchors.shape == (80, d) and first.labels.shape == (80,)
+    u, v = first.parents[:, 0], first.parents[:, 1]
+    assert torch.equal(first.labels, labels[u]) and (labels[v] != labels[u]).all()
+    assert torch.equal(clf.weight, w0)  # g_rho frozen
+    later = hallucinate(hal, opt, clf, feats, labels, C, iters=60, batch_size=16, lambda_p=0.6,
+                        generator=torch.Generator().manual_seed(2))
+    assert later.loss < first.loss  # phi learns Eq. 2
+
+
+# ---------------------------------------------------------------- §3.3
+def _hand_built():
+    # three hard features on the unit circle, at 0, 90 and 180 degrees
+    hard = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    ang = torch.tensor([0.05, -0.1, 0.2, 0.25, 0.28, 0.6, 1.6, 1.5, 3.0])  # radians
+    anchors = torch.stack([ang.cos(), ang.sin()], 1)
+    alabels = torch.tensor([2, 2, 1, 1, 1, 0, 0, 0, 1])
+    return hard, anchors, alabels
+
+
+def test_nearest_anchor_and_threshold():
+    hard, anchors, _ = _hand_built()
+    idx, sim = selection.nearest_hard(anchors, hard)
+    assert idx.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 2]
+    assert torch.allclose(sim[:3], torch.tensor([0.05, -0.1, 0.2]).cos())
+    # chunking does not change the answer
+    idx2, sim2 = selection.nearest_hard(anchors, hard, chunk=2)
+    assert torch.equal(idx, idx2) and torch.allclose(sim, sim2)
+
+
+def test_k_vote_uses_the_k_most_similar_valid_anchors():
+    hard, anchors, alabels = _hand_built()
+    conf = math.cos(0.3)  # valid: within 0.3 rad of the nearest hard feature; 0.6 rad is not
+    res = selection.select_hard(anchors, alabels, hard, 3, lambda_conf=conf, k=3)
+    assert res.n_valid_anchors.tolist() == [5, 2, 1]
+    assert res.clean.tolist() == [True, True, True]
+    # hard 0: the 3 most similar valid anchors (0.05, -0.1, 0.2) say 2, 2, 1 -> 2
+    assert res.corrected.tolist() == [2, 0, 1]
+    # with K = 5 all five vote: 2, 2, 1, 1, 1 -> 1
+    assert selection.select_hard(anchors, alabels, hard, 3, conf, k=5).corrected[0] == 1
+    # with K = 1 the single most similar anchor decides
+    assert selection.select_hard(anchors, alabels, hard, 3, conf, k=1).corrected.tolist() == [2, 0, 1]
+    # a stricter threshold leaves hard 2 (0.14 rad from its anchor) noisy
+    strict = selection.select_hard(anchors, alabels, hard, 3, math.cos(0.1), k=3)
+    assert strict.clean.tolist() == [True, True, False] and strict.corrected[2] == -1
+
+
+def test_vote_tie_goes_to_the_most_similar_anchor():
+    hard = torch.tensor([[1.0, 0.0]])
+    ang = torch.tensor([0.2, 0.1])
+    anchors = torch.stack([ang.cos(), ang.sin()], 1)
+    res = selection.select_hard(anchors, torch.tensor([0, 1]), hard, 2, lambda_conf=0.5, k=3)
+    assert res.corrected.tolist() == [1]
+    assert res.confidence.item() == pytest.approx(float((ang.cos()).mean()), abs=1e-6)
+
+
+# ---------------------------------------------------------------- Eq. 3
+def test_mixmatch_targets():
+    p1 = torch.tensor([[0.6, 0.4]])
+    p2 = torch.tensor([[0.2, 0.8]])
+    y = torch.tensor([[1.0, 0.0]])
+    # labeled: w*y + (1-w)*mean = 0.5*[1,0] + 0.5*[0.4,0.6] = [0.7, 0.3]; T = 0.5 squares it
+    t = ssl.labeled_targets(p1, p2, y, torch.tensor([0.5]), 0.5)
+    assert torch.allclose(t, torch.tensor([[0.49, 0.09]]) / 0.58)
+    # unlabeled: mean [0.4, 0.6] sharpened -> [0.16, 0.36] / 0.52
+    u = ssl.unlabeled_targets(p1, p2, 0.5)
+    assert torch.allclose(u, torch.tensor([[0.16, 0.36]]) / 0.52)
+
+
+def test_mix_and_loss_terms():
+    x = torch.tensor([[1.0], [3.0]])
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    mx, mt = ssl.mix(x, t, 0.75, torch.tensor([1, 0]))
+    assert torch.allclose(mx, torch.tensor([[1.5], [2.5]]))
+    assert torch.allclose(mt, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+    logits = torch.zeros(4, 2)
+    targets = torch.tensor([[1.0, 0.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0]])
+    loss, l_ce, l_mse = ssl.ssl_loss(logits, targets, 2, lambda_u=25.0, lambda_prior=0.0, num_classes=2)
+    assert l_ce.item() == pytest.approx(math.log(2))
+    assert l_mse.item() == pytest.approx(0.25)
+    assert loss.item() == pytest.approx(math.log(2) + 25 * 0.25)
+    # a uniform mean prediction costs nothing in the prior penalty
+    loss_p, _, _ = ssl.ssl_loss(logits, targets, 2, 25.0, 1.0, 2)
+    assert loss_p.item() == pytest.approx(loss.item())
+
+
+def test_rampup():
+    assert ssl.rampup(10, 10, 16) == 0.0
+    assert ssl.rampup(18, 10, 16) == 0.5
+    assert ssl.rampup(40, 10, 16) == 1.0

@@ -1,0 +1,122 @@
+"""Alg. 1 end to end on the embedded default (scikit-learn's digits)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hallnll import ConfigError, load_config
+from hallnll.cli import main as cli_main
+from hallnll.train import TrainingError, fit, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "params" / "digits-quick.yaml"
+
+
+@pytest.fixture(scope="module")
+def digits_cbased40():
+    cfg = load_config(DIGITS, ["progress=false"])
+    data, noisy, rep = prepare(cfg, progress=False)
+    return cfg, data, noisy, rep
+
+
+def short(cfg, **kw):
+    base = dict(epochs=24, warmup_epochs=8, lr_decay_epoch=18, progress=False)
+    base.update(kw)
+    return cfg.replace(**base)
+
+
+def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, tmp_path):
+    cfg, data, noisy, rep = digits_cbased40
+    assert abs(rep.actual_rate - 0.4) < 0.005
+    ce = fit(short(cfg, variant="ce"), tmp_path / "ce", data=data, noisy=noisy)
+    hal = fit(short(cfg, variant="hallnll"), tmp_path / "hal", data=data, noisy=noisy)
+    assert hal.summary["best_acc"] > ce.summary["best_acc"] + 0.03, (hal.summary, ce.summary)
+    assert hal.summary["last_acc"] > ce.summary["last_acc"] + 0.03
+    last = hal.history[-1]
+    # the selection is far cleaner than the given labels
+    assert last["precision_easy"] > 0.8 and last["labeled_noise_rate"] < 0.2
+    assert last["n_clean_hard"] > 0 and last["n_easy"] > 0
+    # every output of a run is there and consistent
+    out = tmp_path / "hal"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "labels.csv", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and rows[0]["phase"] == "warmup" and rows[-1]["phase"] == "ssl"
+    for key in ("test_acc", "train_loss", "n_easy", "n_clean_hard", "precision_easy", "precision_clean_hard",
+                "recall_clean", "labeled_noise_rate", "hal_loss", "seconds"):
+        assert key in rows[-1], key
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_acc"] == max(r["test_acc"] for r in rows) and summary["epochs"] == 24
+    lines = (out / "labels.csv").read_text().splitlines()
+    assert lines[0] == "index,given_label,corrected_label,easiness,selected_as_clean,subset,predicted_label,true_label"
+    assert len(lines) == 1 + len(noisy)
+    body = [l.split(",") for l in lines[1:]]
+    assert [int(r[1]) for r in body] == noisy.tolist()
+    assert sum(r[5] == "clean-hard" for r in body) == last["n_clean_hard"]
+    assert sum(r[4] == "1" for r in body) == last["n_labeled"]
+
+
+def test_variants_select_as_table5_describes(digits_cbased40):
+    cfg, data, noisy, _ = digits_cbased40
+    runs = {v: fit(short(cfg, variant=v, epochs=10, warmup_epochs=8), None, data=data, noisy=noisy) for v in ("gmm", "easy")}
+    gmm, easy = runs["gmm"].history[-1], runs["easy"].history[-1]
+    assert gmm["n_clean_hard"] == 0 and easy["n_clean_hard"] == 0
+    # Eq. 1: at most ceil(N * P / C) per class
+    quota = -(-len(noisy) * cfg.p // 10)
+    subset = runs["easy"].labels["subset"]
+    per_class = torch.bincount(noisy[subset == 0], minlength=10)
+    assert per_class.max() <= quota and easy["n_easy"] == int((subset == 0).sum())
+    assert "hal_loss" not in easy and "hal_loss" not in gmm
+
+
+def test_resume_continues_from_the_checkpoint(digits_cbased40, tmp_path):
+    cfg, data, noisy, _ = digits_cbased40
+    c = short(cfg, epochs=6, warmup_epochs=3, lr_decay_epoch=5)
+    full = fit(c, tmp_path / "full", data=data, noisy=noisy)
+    fit(c.replace(epochs=4), tmp_path / "part", data=data, noisy=noisy)
+    resumed = fit(c, tmp_path / "part", data=data, noisy=noisy)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
+    # same seed, same schedule: resuming reproduces the uninterrupted run
+    for a, b in zip(full.history, resumed.history):
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_nan_loss_stops_naming_epoch_and_phase(digits_cbased40, tmp_path, monkeypatch):
+    cfg, data, noisy, _ = digits_cbased40
+    import hallnll.ssl as ssl_mod
+
+    real = ssl_mod.ssl_loss
+
+    def poisoned(logits, *a, **k):
+        loss, lce, lmse = real(logits, *a, **k)
+        return loss * float("nan"), lce, lmse
+
+    monkeypatch.setattr(ssl_mod, "ssl_loss", poisoned)
+    c = short(cfg, epochs=5, warmup_epochs=2)
+    with pytest.raises(TrainingError, match=r"epoch 3 in phase 'ssl'"):
+        fit(c, tmp_path / "nan", data=data, noisy=noisy)
+    ck = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 2  # the last good epoch, from which a resume starts
+
+
+def test_bad_input_is_refused_before_anything_is_written(digits_cbased40, tmp_path, capsys):
+    cfg, data, noisy, _ = digits_cbased40
+    with pytest.raises(ConfigError, match="variant"):
+        load_config(DIGITS, ["variant=coteach"])
+    with pytest.raises(ConfigError, match=r"did you mean 'lambda_conf'"):
+        load_config(DIGITS, ["lambda_cnf=0.8"])
+    for bad in ("p=0", "p=1.5", "lambda_conf=0", "lambda_conf=2", "epochs=ten"):
+        with pytest.raises(ConfigError):
+            load_config(DIGITS, [bad])
+    with pytest.raises(ValueError, match="shape"):
+        fit(short(cfg), tmp_path / "short", data=data, noisy=noisy[:-1])
+    assert not (tmp_path / "short").exists()
+    # a labels file that does not match the dataset, through the command line
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("label,label_noisy\n" + "0,1\n" * 10)
+    rc = cli_main(["train", str(DIGITS), "--set", "noise=file", "--set", f"noise_file={bad_csv}",
+                   "--out", str(tmp_path / "cli")])
+    assert rc == 2 and "error:" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
