@@ -26,6 +26,7 @@ Hard selection (§3.3)
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,13 +45,16 @@ def easiness(losses: torch.Tensor, max_iter: int = 10, seed: int = 0) -> torch.T
     Runs scikit-learn's GaussianMixture on the host (one transfer of N floats
     per epoch); returns a float32 tensor on the device of ``losses``.
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     l = losses.detach().float()
     l = (l - l.min()) / (l.max() - l.min()).clamp_min(1e-12)
     x = l.cpu().numpy().astype(np.float64).reshape(-1, 1)
     gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=1e-2, reg_covar=5e-4, random_state=seed)
-    gmm.fit(x)
+    with warnings.catch_warnings():  # DivideMix's 10 EM steps often stop short of convergence, by design
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gmm.fit(x)
     prob = gmm.predict_proba(x)[:, int(np.argmin(gmm.means_.ravel()))]
     return torch.from_numpy(prob.astype(np.float32)).to(losses.device)
 

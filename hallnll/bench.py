@@ -1,0 +1,627 @@
+"""``hallnll bench``: seconds per epoch, images/s and TFLOP/s of every phase of Alg. 1.
+
+It runs the real training functions (nothing of the method is reimplemented)
+on a real model and the real data path (uint8 images resident on the device,
+batched augmentation, the config's bf16 / channels_last / compile settings)
+and times each phase of an epoch, the way :func:`hallnll.train.fit` runs it:
+
+==============  ==============================================================
+phase           what runs (function)
+==============  ==============================================================
+warmup          one cross-entropy epoch, Alg. 1 lines 2-3 (engine.ce_epoch)
+easiness        predict on the training set + per-sample loss + GMM + Eq. 1
+                (first part of train.select_epoch, its "select" lap)
+hallucination   the hallucinator phase, Eq. 2 (select_epoch's "hallucinate" lap)
+hard_select     nearest-anchor search + K-vote, §3.3 ("hard_select" lap)
+ssl             one MixMatch epoch, Eq. 3 (ssl.ssl_epoch)
+eval            test accuracy, large batches (engine.accuracy)
+checkpoint      the per-epoch checkpoint fit writes (model, optimisers, RNG
+                states; reporting.atomic_torch_save to a temporary folder)
+predict_train   diagnostic only: engine.predict on the training set alone, so
+                that easiness - predict_train is the GMM + Eq. 1 cost
+==============  ==============================================================
+
+The device is synchronised only at phase boundaries. Every phase runs
+``warmup + epochs`` times; the first ``warmup`` runs (default 1: CUDA
+context, cuDNN autotuning, torch.compile) are reported apart as
+``first_seconds`` and excluded from the per-epoch figures (the median of the
+measured runs; mean and min are in the JSON).
+
+FLOPs: the model's forward FLOPs per image are counted once with
+:class:`torch.utils.flop_counter.FlopCounterMode` on one batch (convolutions
+and matrix products, 2 FLOPs per multiply-add); a training image costs 3x a
+forward (forward + backward). An SSL iteration runs a no-grad forward on all
+2B labeled + 2B unlabeled views (the targets) and a training step on the
+mixed batch of the same size: 4x the forward per row. The hallucinator's
+FLOPs are counted the same way; the nearest-anchor search costs
+2 * |S_hal| * |S_h| * d. TFLOP/s are reported against a stated peak (default
+800 TFLOP/s, dense bf16 of one H100, as the speed issue states it).
+
+Data: without a params file the bench uses CIFAR-10-shaped synthetic data
+(random uint8 ``[50000, 3, 32, 32]`` with random labels, 10,000 test
+images), so it needs no download; the arithmetic is the same as on
+CIFAR-10, only the sizes of the selected subsets (hence SSL iterations)
+differ from a real run. ``--set dataset=digits`` uses the real digits; a
+params file (or ``--set bench.synthetic=false``) uses the real data it names.
+
+Bench-only settings go through ``--set bench.KEY=VALUE`` (they are not
+Config fields):
+
+- ``bench.synthetic``: true | false | auto (default: synthetic CIFAR-shaped
+  data when no params file and no data_root is given and dataset is CIFAR);
+- ``bench.n_train`` / ``bench.n_test``: sizes of the synthetic set
+  (default 50000 / 10000; 4096 / 1024 on a CPU);
+- ``bench.warmup``: excluded first runs per phase (default 1);
+- ``bench.peak_tflops``: the peak the % column refers to (default 800);
+- ``bench.parallel``: N > 1 launches N bench processes on the same device
+  at once (seeds seed..seed+N-1, started together behind a barrier) and
+  reports the summed throughput;
+- ``bench.sync_check``: on CUDA, one more run of every phase with
+  ``torch.cuda.set_sync_debug_mode("warn")``, counting host syncs per phase;
+- ``bench.cudnn_benchmark``: set ``torch.backends.cudnn.benchmark`` (fit
+  does not; default false, to measure what fit does).
+
+The CLI options ``--peak-tflops`` and ``--parallel`` (when the CLI has them)
+do the same as the ``bench.`` keys.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import engine, reporting, train
+from .config import Config, ConfigError, from_dict, load_config, parse_overrides
+from .data import CIFAR10_CLASSES, DeviceImages, ImageData, load_dataset
+from .hallucination import Hallucinator
+from .models import build_model
+from .ssl import ssl_epoch
+
+DEFAULT_PEAK_TFLOPS = 800.0
+PHASES = ("warmup", "easiness", "hallucination", "hard_select", "ssl", "eval", "checkpoint", "predict_train")
+# phases that make up one epoch of each kind (predict_train is a diagnostic)
+WARMUP_EPOCH = ("warmup", "eval")
+SSL_EPOCH = ("easiness", "hallucination", "hard_select", "ssl", "eval")
+UNITS = {"warmup": "images", "easiness": "images", "hallucination": "anchors", "hard_select": "hard samples",
+         "ssl": "images", "eval": "images", "checkpoint": "MB", "predict_train": "images"}
+BENCH_DEFAULTS = {"synthetic": "auto", "n_train": None, "n_test": None, "warmup": 1,
+                  "peak_tflops": DEFAULT_PEAK_TFLOPS, "parallel": 1, "sync_check": False,
+                  "cudnn_benchmark": False}
+# the Config the bench starts from without a params file: CIFAR-10 shaped, the paper's batch
+BENCH_BASE = {"name": "bench", "dataset": "cifar10", "arch": "preact_resnet18", "noise": "symmetric",
+              "noise_rate": 0.4, "progress": False}
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+BARRIER_ENV = "HALLNLL_BENCH_BARRIER"
+
+
+# ---------------------------------------------------------------- settings
+def split_settings(sets) -> tuple[list, dict]:
+    """Separate ``bench.KEY=VALUE`` items from Config overrides; type-check them."""
+    cfg_sets, opts = [], dict(BENCH_DEFAULTS)
+    for item in sets or []:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("bench.") or key.startswith("bench_"):
+            name = key[6:]
+            if name not in BENCH_DEFAULTS:
+                raise ConfigError(f"--set {item!r}: unknown bench setting; use one of "
+                                  + ", ".join(f"bench.{k}" for k in BENCH_DEFAULTS))
+            (value,) = parse_overrides([f"x={item.split('=', 1)[1] if '=' in item else ''}"]).values()
+            opts[name] = value
+        else:
+            cfg_sets.append(item)
+    return cfg_sets, _check_opts(opts)
+
+
+def _check_opts(o: dict) -> dict:
+    def bad(k, msg):
+        raise ConfigError(f"bench.{k}={o[k]!r} {msg}")
+
+    if o["synthetic"] not in ("auto", True, False):
+        bad("synthetic", "must be true, false or auto")
+    for k in ("n_train", "n_test"):
+        if o[k] is not None and (not isinstance(o[k], int) or isinstance(o[k], bool) or o[k] < 1):
+            bad(k, "must be a positive integer")
+    for k in ("warmup", "parallel"):
+        if not isinstance(o[k], int) or isinstance(o[k], bool) or o[k] < (0 if k == "warmup" else 1):
+            bad(k, "must be an integer >= " + ("0" if k == "warmup" else "1"))
+    if isinstance(o["peak_tflops"], bool) or not isinstance(o["peak_tflops"], (int, float)) or o["peak_tflops"] <= 0:
+        bad("peak_tflops", "must be a positive number (TFLOP/s)")
+    o["peak_tflops"] = float(o["peak_tflops"])
+    for k in ("sync_check", "cudnn_benchmark"):
+        if not isinstance(o[k], bool):
+            bad(k, "must be true or false")
+    return o
+
+
+def bench_config(params, cfg_sets) -> Config:
+    """The Config of the bench: the params file as given, else :data:`BENCH_BASE` + overrides."""
+    if params:
+        cfg = load_config(params, cfg_sets)
+        return cfg.replace(progress=False)
+    return from_dict({**BENCH_BASE, **parse_overrides(cfg_sets)})
+
+
+def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int = 0) -> ImageData:
+    """Random uint8 images ``[N, 3, 32, 32]`` with random labels: CIFAR's shapes, no download."""
+    g = torch.Generator().manual_seed(seed)
+    xtr = torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g)
+    ytr = torch.randint(0, num_classes, (n_train,), generator=g)
+    xte = torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g)
+    yte = torch.randint(0, num_classes, (n_test,), generator=g)
+    classes = list(CIFAR10_CLASSES) if num_classes == 10 else [str(i) for i in range(num_classes)]
+    return ImageData(f"synthetic-{num_classes}", xtr, ytr, xte, yte, classes=classes, mean=CIFAR_MEAN, std=CIFAR_STD)
+
+
+def _use_synthetic(cfg: Config, opts: dict, params, cfg_sets) -> bool:
+    if opts["synthetic"] != "auto":
+        return bool(opts["synthetic"])
+    root_given = any(s.split("=", 1)[0].strip() == "data_root" for s in cfg_sets)
+    return params is None and not root_given and cfg.dataset in ("cifar10", "cifar100")
+
+
+# ---------------------------------------------------------------- counting
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of ``fn()`` as counted by FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+@torch.no_grad()
+def model_forward_flops(model, images: DeviceImages, batch: int) -> float:
+    """Forward FLOPs per image of ``model`` (eval mode, one batch of real inputs)."""
+    was = model.training
+    model.eval()
+    idx = torch.arange(min(batch, len(images)), device=images.device)
+    x = images.batch(idx)
+    try:
+        flops = count_flops(lambda: model(x))
+    finally:
+        model.train(was)
+    return flops / len(idx)
+
+
+@torch.no_grad()
+def hallucinator_forward_flops(hal, classifier, dim: int, dev) -> float:
+    """Forward FLOPs per anchor: h_phi(s_u, s_v) and the frozen g_rho on it (Eq. 2)."""
+    b = 64
+    s = torch.randn(b, dim, device=dev)
+    return count_flops(lambda: classifier(hal(s, s))) / b
+
+
+# ---------------------------------------------------------------- the run
+class _Recorder:
+    def __init__(self):
+        self.runs = {p: [] for p in PHASES}
+
+    def add(self, phase, seconds, items, flops, **extra):
+        self.runs[phase].append({"seconds": float(seconds), "items": items, "flops": float(flops), **extra})
+
+
+def _phase_summary(runs: list, warm: int, peak: float, unit: str) -> dict:
+    if not runs:
+        return {"skipped": True, "unit": unit}
+    first, measured = runs[:warm], runs[warm:] or runs[-1:]
+    secs = [r["seconds"] for r in measured]
+    med = statistics.median(secs)
+    items = statistics.median([r["items"] for r in measured])
+    flops = statistics.median([r["flops"] for r in measured])
+    tflops = flops / med / 1e12 if med > 0 else 0.0
+    return {"seconds_per_epoch": med, "mean_seconds": statistics.fmean(secs), "min_seconds": min(secs),
+            "first_seconds": [r["seconds"] for r in first], "measured_runs": len(measured),
+            "unit": unit, "items_per_epoch": items, "items_per_s": items / med if med > 0 else 0.0,
+            "flops_per_epoch": flops, "tflops": tflops, "pct_peak": 100.0 * tflops / peak, "runs": runs}
+
+
+def _barrier() -> None:
+    """Multi-process mode: wait until every worker has finished its setup."""
+    spec = os.environ.get(BARRIER_ENV)
+    if not spec:
+        return
+    folder, n, k = spec.rsplit(":", 2)
+    Path(folder, f"ready.{k}").touch()
+    deadline = time.monotonic() + 1800
+    while len(list(Path(folder).glob("ready.*"))) < int(n):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"bench barrier: not all {n} workers got ready in 30 min")
+        time.sleep(0.05)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: ImageData | None = None,
+              synthetic: bool = False) -> dict:
+    """Time every phase of Alg. 1 on ``cfg``; returns the report (see the module docstring)."""
+    opts = _check_opts({**BENCH_DEFAULTS, **(opts or {})})
+    if epochs < 1:
+        raise ConfigError(f"bench: epochs={epochs} must be at least 1")
+    cfg = cfg.replace(progress=False)
+    warm, peak = opts["warmup"], opts["peak_tflops"]
+    dev = engine.resolve_device(cfg.device)
+    if dev.type == "cuda" and opts["cudnn_benchmark"]:
+        torch.backends.cudnn.benchmark = True
+    setup = {}
+    t0 = time.perf_counter()
+    if data is None:
+        if synthetic:
+            n_tr = opts["n_train"] or (50000 if dev.type == "cuda" else 4096)
+            n_te = opts["n_test"] or (10000 if dev.type == "cuda" else 1024)
+            data = synthetic_cifar(n_tr, n_te, 100 if cfg.dataset == "cifar100" else 10, cfg.seed)
+        else:
+            data = load_dataset(cfg)
+    setup["load_data"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data, noisy, _ = train.prepare(cfg, data, progress=False)
+    setup["noisy_labels"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    C = data.num_classes
+    cl = cfg.channels_last and dev.type == "cuda"
+    train_x = DeviceImages(data.x_train, data.mean, data.std, dev, cl)
+    test_x = DeviceImages(data.x_test, data.mean, data.std, dev, cl)
+    given = noisy.to(dev)
+    y_test = data.y_test.to(dev)
+    n = len(given)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch, C, data.in_channels, cfg.pretrained).to(dev)
+        hal = Hallucinator(model.feature_dim, cfg.hal_hidden).to(dev)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    hal_opt = engine.make_optimizer(hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay)
+    train_model = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
+    gen = torch.Generator(dev).manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    _sync(dev)
+    setup["to_device_and_model"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    fwd = model_forward_flops(model, train_x, cfg.batch_size if dev.type == "cuda" else 8)
+    hal_fwd = hallucinator_forward_flops(hal, model.classifier, model.feature_dim, dev)
+    setup["count_flops"] = time.perf_counter() - t0
+    d = model.feature_dim
+    bs = cfg.batch_size
+    _barrier()
+
+    rec = _Recorder()
+    reps = warm + epochs
+    sanity: dict = {}
+
+    def timed(fn):
+        _sync(dev)
+        t = time.perf_counter()
+        out = fn()
+        _sync(dev)
+        return out, time.perf_counter() - t
+
+    def eval_phase():
+        acc, s = timed(lambda: engine.accuracy(model, test_x, y_test, cfg.eval_batch_size, cfg.bf16))
+        rec.add("eval", s, len(y_test), fwd * len(y_test))
+        return acc
+
+    ckpt_dir = tempfile.TemporaryDirectory(prefix="hallnll-bench-ckpt-")
+
+    def checkpoint_phase():
+        path = Path(ckpt_dir.name) / "checkpoint.pt"
+        _, s = timed(lambda: reporting.atomic_torch_save(
+            {"model": model.state_dict(), "opt": opt.state_dict(), "hal": hal.state_dict(),
+             "hal_opt": hal_opt.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
+             "noisy": noisy, "config": cfg.to_dict()}, path))
+        rec.add("checkpoint", s, path.stat().st_size / 1e6, 0.0)
+
+    # -- warm-up epochs (cross-entropy), each followed by the evaluation fit runs
+    ce_steps = max(1, n // bs) if n >= bs else 1
+    ce_images = min(n, ce_steps * bs)
+    for r in range(reps):
+        loss, s = timed(lambda: engine.ce_epoch(train_model, train_x, given, opt, bs, gen, cfg.crop_padding,
+                                                cfg.hflip, cfg.bf16))
+        rec.add("warmup", s, ce_images, 3 * fwd * ce_images, iterations=ce_steps)
+        acc = eval_phase()
+        checkpoint_phase()
+        _log(f"bench: warmup run {r + 1}/{reps}: {s:.3f} s (loss {float(loss):.3f}, test acc {float(acc):.3f})")
+        sanity["warmup_loss"] = float(loss)
+
+    # -- SSL epochs: selection (easiness, hallucination, hard selection), MixMatch, evaluation
+    if cfg.variant != "ce":
+        for r in range(reps):
+            _sync(dev)
+            timer = train._Timer(dev)
+            sel = train.select_epoch(model, hal, hal_opt, train_x, given, C, cfg, gen, timer)
+            sec = dict(timer.seconds)
+            rec.add("easiness", sec["select"], n, fwd * n)
+            anchors = sel.get("anchors")
+            n_easy = int(sel["easy_mask"].sum())
+            if anchors is not None:
+                m = len(anchors["anchors"])
+                n_hard = n - n_easy
+                rec.add("hallucination", sec["hallucinate"], m, 3 * hal_fwd * m,
+                        iterations=cfg.hal_iters or engine.num_iters(n, cfg.hal_batch_size or bs))
+                rec.add("hard_select", sec["hard_select"], n_hard, 2.0 * m * n_hard * d, anchors=m)
+            ls = sel["labeled_mask"]
+            lab_idx = ls.nonzero().squeeze(1)
+            unl_idx = (~ls).nonzero().squeeze(1)
+            iters = engine.num_iters(len(lab_idx), bs)
+            rows = iters * (2 * bs + (2 * bs if len(unl_idx) else 0))
+
+            def ssl_run():
+                return ssl_epoch(train_model, opt, train_x, lab_idx, sel["train_labels"][lab_idx],
+                                 sel["weights"][lab_idx], unl_idx, C, cfg, cfg.warmup_epochs + r, gen, rng, iters)
+
+            losses, s = timed(ssl_run)
+            rec.add("ssl", s, rows, 4 * fwd * rows, iterations=iters, n_labeled=len(lab_idx))
+            acc = eval_phase()
+            _log(f"bench: ssl run {r + 1}/{reps}: select {sec['select']:.3f} s, hallucinate "
+                 f"{sec.get('hallucinate', 0):.3f} s, hard {sec.get('hard_select', 0):.3f} s, ssl {s:.3f} s "
+                 f"({iters} it), loss {float(losses['loss']):.3f}, test acc {float(acc):.3f}")
+            sanity.update(ssl_loss=float(losses["loss"]), n_easy=n_easy, n_clean_hard=int(sel["clean_hard_mask"].sum()),
+                          n_labeled=len(lab_idx), ssl_iterations=iters)
+    sanity["test_acc"] = float(acc)
+
+    # -- diagnostic: the training-set forward pass alone
+    for r in range(reps):
+        _, s = timed(lambda: engine.predict(model, train_x, cfg.eval_batch_size, cfg.bf16))
+        rec.add("predict_train", s, n, fwd * n)
+
+    ckpt_dir.cleanup()
+    phases = {p: _phase_summary(rec.runs[p], warm, peak, UNITS[p]) for p in PHASES}
+    if cfg.variant == "ce":
+        for p in ("easiness", "hallucination", "hard_select", "ssl"):
+            phases[p]["reason"] = "variant ce has no SSL epochs"
+    elif cfg.variant != "hallnll":
+        for p in ("hallucination", "hard_select"):
+            phases[p]["reason"] = f"variant {cfg.variant} has no hallucination"
+
+    def epoch_total(names):
+        return sum(phases[p].get("seconds_per_epoch", 0.0) for p in names)
+
+    warm_epoch = epoch_total(WARMUP_EPOCH)
+    ssl_epoch_s = epoch_total(SSL_EPOCH) if cfg.variant != "ce" else warm_epoch
+    n_warm_epochs = cfg.epochs if cfg.variant == "ce" else cfg.warmup_epochs
+    k = cfg.checkpoint_every
+    n_ckpt = (cfg.epochs // k + (1 if cfg.epochs % k else 0)) if k else 1
+    ckpt_total = n_ckpt * phases["checkpoint"]["seconds_per_epoch"]
+    projected = n_warm_epochs * warm_epoch + (cfg.epochs - n_warm_epochs) * ssl_epoch_s + ckpt_total
+
+    report = {
+        "kind": "hallnll-bench",
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": _device_name(dev),
+        "device_type": dev.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "command": sys.argv,
+        "data": {"source": "synthetic" if synthetic else data.name, "n_train": n, "n_test": len(y_test),
+                 "shape": list(data.x_train.shape[1:]), "num_classes": C},
+        "config": cfg.to_dict(),
+        "bench": {"epochs": epochs, "warmup": warm, "peak_tflops": peak, "cudnn_benchmark": opts["cudnn_benchmark"],
+                  "bf16_active": bool(cfg.bf16 and dev.type == "cuda"), "channels_last_active": cl,
+                  "compile_active": bool(cfg.compile and dev.type == "cuda")},
+        "flops": {"model_forward_per_image": fwd, "model_train_per_image": 3 * fwd,
+                  "hallucinator_forward_per_anchor": hal_fwd, "feature_dim": d},
+        "setup_seconds": setup,
+        "phases": phases,
+        "epoch_seconds": {"warmup_epoch": warm_epoch, "ssl_epoch": ssl_epoch_s},
+        "projected_run": {"epochs": cfg.epochs, "warmup_epochs": n_warm_epochs, "seconds": projected,
+                          "minutes": projected / 60.0, "checkpoints": n_ckpt, "checkpoint_seconds": ckpt_total,
+                          "note": "sum of the measured per-epoch phases (checkpoints included); excludes "
+                                  "start-up, data loading, noisy labels, compilation and the final label report"},
+        "sanity": sanity,
+    }
+    if phases["easiness"].get("seconds_per_epoch") is not None and phases["predict_train"].get("seconds_per_epoch"):
+        report["gmm_and_eq1_seconds"] = phases["easiness"]["seconds_per_epoch"] - phases["predict_train"]["seconds_per_epoch"]
+    if opts["sync_check"]:
+        report["sync_check"] = _sync_check(cfg, dev, model, train_model, hal, hal_opt, opt, train_x, test_x, given,
+                                           y_test, C, gen, rng)
+    return report
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _sync_check(cfg, dev, model, train_model, hal, hal_opt, opt, train_x, test_x, given, y_test, C, gen, rng) -> dict:
+    """CUDA only: host synchronisations per phase under ``set_sync_debug_mode('warn')``."""
+    if dev.type != "cuda":
+        return {"skipped": "sync debug mode needs CUDA"}
+    out = {}
+
+    def count(name, fn, iterations):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                res = fn()
+                torch.cuda.set_sync_debug_mode(0)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        k = sum("synchroniz" in str(x.message).lower() for x in w)
+        out[name] = {"syncs": k, "iterations": iterations, "per_iteration": k / max(iterations, 1)}
+        return res
+
+    bs = cfg.batch_size
+    n = len(given)
+    count("warmup", lambda: engine.ce_epoch(train_model, train_x, given, opt, bs, gen, cfg.crop_padding, cfg.hflip,
+                                            cfg.bf16), max(1, n // bs))
+    timer = train._Timer(torch.device("cpu"))  # no synchronize of its own inside the count
+    sel = count("select_epoch", lambda: train.select_epoch(model, hal, hal_opt, train_x, given, C, cfg, gen, timer),
+                cfg.hal_iters or engine.num_iters(n, cfg.hal_batch_size or bs))
+    ls = sel["labeled_mask"]
+    lab_idx, unl_idx = ls.nonzero().squeeze(1), (~ls).nonzero().squeeze(1)
+    iters = engine.num_iters(len(lab_idx), bs)
+    count("ssl", lambda: ssl_epoch(train_model, opt, train_x, lab_idx, sel["train_labels"][lab_idx], sel["weights"][lab_idx],
+                                   unl_idx, C, cfg, cfg.warmup_epochs, gen, rng, iters), iters)
+    count("eval", lambda: engine.accuracy(model, test_x, y_test, cfg.eval_batch_size, cfg.bf16),
+          math.ceil(len(y_test) / cfg.eval_batch_size))
+    out["note"] = ("select_epoch includes the GMM on the host and the boolean-mask indexing between its steps; "
+                   "per_iteration divides by the hallucinator iterations")
+    return out
+
+
+# ---------------------------------------------------------------- output
+def format_table(report: dict) -> str:
+    peak = report["bench"]["peak_tflops"]
+    head = ["phase", "s/epoch", "first s", "items/s", "unit", "TFLOP/s", f"% of {peak:g}"]
+    rows = []
+    for p in PHASES:
+        ph = report["phases"][p]
+        if ph.get("skipped"):
+            rows.append([p, "-", "-", "-", ph["unit"], "-", "-"])
+            continue
+        first = ",".join(f"{s:.3f}" for s in ph["first_seconds"]) or "-"
+        ips = ph["items_per_s"]
+        no_flops = not ph["tflops"]
+        rows.append([p, f"{ph['seconds_per_epoch']:.3f}", first, f"{ips:,.0f}" if ips >= 100 else f"{ips:.1f}",
+                     ph["unit"], "-" if no_flops else f"{ph['tflops']:.3f}", "-" if no_flops else f"{ph['pct_peak']:.2f}"])
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
+    e, pr = report["epoch_seconds"], report["projected_run"]
+    lines.append("")
+    lines.append(f"epoch: warm-up {e['warmup_epoch']:.3f} s, SSL {e['ssl_epoch']:.3f} s (incl. eval); "
+                 f"projected {pr['epochs']}-epoch run ({pr['warmup_epochs']} warm-up, "
+                 f"{pr.get('checkpoints', 0)} checkpoints): {pr['seconds']:.0f} s = {pr['minutes']:.1f} min")
+    return "\n".join(lines)
+
+
+def _header(report: dict) -> str:
+    dd, b, f = report["data"], report["bench"], report["flops"]
+    c = report["config"]
+    return (f"hallnll bench on {report['device']} (torch {report['torch']}), {dd['source']} "
+            f"{dd['n_train']} train / {dd['n_test']} test {tuple(dd['shape'])}, {c['arch']}, variant {c['variant']}, "
+            f"batch {c['batch_size']}, bf16={b['bf16_active']} channels_last={b['channels_last_active']} "
+            f"compile={b['compile_active']}; {b['epochs']} measured run(s) per phase after {b['warmup']} excluded; "
+            f"model forward {f['model_forward_per_image'] / 1e9:.4f} GFLOP/image")
+
+
+def _write_json(path, obj) -> None:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, p)
+
+
+# ---------------------------------------------------------------- parallel mode
+def run_parallel(params, cfg_sets, opts: dict, epochs: int, json_path, n: int) -> dict:
+    """N bench processes on the same device at once; per-phase throughput summed."""
+    base_cfg = bench_config(params, cfg_sets)
+    stem = Path(json_path)
+    work = Path(tempfile.mkdtemp(prefix="hallnll-bench-"))
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    bench_sets = [f"bench.{k}={json.dumps(v) if v is not None else 'null'}" for k, v in opts.items() if k != "parallel"]
+    procs, outs = [], []
+    t0 = time.perf_counter()
+    for k in range(n):
+        out = stem.with_name(f"{stem.stem}.worker{k}{stem.suffix or '.json'}")
+        outs.append(out)
+        cmd = [sys.executable, "-m", "hallnll", "bench", "--epochs", str(epochs), "--json", str(out)]
+        if params:
+            cmd += ["--params", str(params)]
+        for s in list(cfg_sets) + [f"seed={base_cfg.seed + k}"] + bench_sets:
+            cmd += ["--set", s]
+        log = open(work / f"worker{k}.log", "w")
+        procs.append((subprocess.Popen(cmd, env={**env, BARRIER_ENV: f"{work}:{n}:{k}"}, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    codes = []
+    for p, log in procs:
+        codes.append(p.wait())
+        log.close()
+    wall = time.perf_counter() - t0
+    if any(codes):
+        bad = [k for k, c in enumerate(codes) if c]
+        tail = (work / f"worker{bad[0]}.log").read_text()[-3000:]
+        raise RuntimeError(f"bench --parallel: worker(s) {bad} failed (exit {[codes[k] for k in bad]}); "
+                           f"logs in {work}; end of worker {bad[0]}'s:\n{tail}")
+    workers = [json.loads(o.read_text()) for o in outs]
+    shutil.rmtree(work, ignore_errors=True)
+    peak = opts["peak_tflops"]
+    agg = {}
+    for p in PHASES:
+        ws = [w["phases"][p] for w in workers]
+        if any(w.get("skipped") for w in ws):
+            agg[p] = {"skipped": True, "unit": UNITS[p]}
+            continue
+        tfl = sum(w["tflops"] for w in ws)
+        agg[p] = {"seconds_per_epoch": max(w["seconds_per_epoch"] for w in ws),
+                  "mean_seconds": statistics.fmean(w["seconds_per_epoch"] for w in ws),
+                  "first_seconds": [max(w["first_seconds"][i] for w in ws) for i in range(len(ws[0]["first_seconds"]))],
+                  "unit": UNITS[p], "items_per_s": sum(w["items_per_s"] for w in ws), "tflops": tfl,
+                  "pct_peak": 100.0 * tfl / peak}
+    first = workers[0]
+    report = {**{k: first[k] for k in ("kind", "date", "device", "device_type", "torch", "cuda", "python", "host",
+                                        "data", "config", "bench", "flops")},
+              "command": sys.argv, "parallel": n, "wall_seconds": wall, "phases": agg,
+              "epoch_seconds": {k: max(w["epoch_seconds"][k] for w in workers) for k in ("warmup_epoch", "ssl_epoch")},
+              "projected_run": {**first["projected_run"],
+                                "seconds": max(w["projected_run"]["seconds"] for w in workers),
+                                "minutes": max(w["projected_run"]["minutes"] for w in workers),
+                                "note": f"each of the {n} concurrent runs"},
+              "workers": [str(o) for o in outs],
+              "note": ("items/s and TFLOP/s are the sums over the workers; s/epoch is the slowest worker's. "
+                       "Workers start together behind a barrier and run the same schedule, so their phases overlap "
+                       "closely but not exactly.")}
+    return report
+
+
+# ---------------------------------------------------------------- entry point
+def main(args) -> int:
+    """``hallnll bench``: see the module docstring. Returns the exit status."""
+    cfg_sets, opts = split_settings(getattr(args, "set", None) or [])
+    if getattr(args, "peak_tflops", None) is not None:
+        opts["peak_tflops"] = args.peak_tflops
+    if getattr(args, "parallel", None) is not None:
+        opts["parallel"] = args.parallel
+    opts = _check_opts(opts)
+    params = getattr(args, "params", None)
+    epochs = int(getattr(args, "epochs", 3) or 3)
+    json_path = getattr(args, "json", None) or "bench.json"
+    if opts["parallel"] > 1:
+        report = run_parallel(params, cfg_sets, opts, epochs, json_path, opts["parallel"])
+        print(f"hallnll bench: {report['parallel']} concurrent runs on {report['device']}, wall "
+              f"{report['wall_seconds']:.1f} s (throughput summed over the runs)")
+        print(format_table(report))
+        _write_json(json_path, report)
+        print(f"wrote {json_path}")
+        return 0
+    cfg = bench_config(params, cfg_sets)
+    synthetic = _use_synthetic(cfg, opts, params, cfg_sets)
+    dev = engine.resolve_device(cfg.device)
+    if synthetic and dev.type == "cpu" and opts["n_train"] is None:
+        _log("bench: on the CPU the synthetic set is 4096 train / 1024 test images; "
+             "--set bench.n_train=50000 --set bench.n_test=10000 for CIFAR's size")
+    report = run_bench(cfg, epochs, opts, synthetic=synthetic)
+    print(_header(report))
+    print(format_table(report))
+    _write_json(json_path, report)
+    print(f"wrote {json_path}")
+    return 0
