@@ -4,7 +4,7 @@
     hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N]
     hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
     hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list]
-    hallnll bench [--arch preact_resnet18] [--epochs N] [--json FILE]
+    hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N]
 
 Errors in the input (config, data, labels) print one line ``error: ...`` and
 exit with status 2 before anything is written.
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--epochs", type=int, default=3)
     b.add_argument("--json", default="bench.json")
+    b.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s the %% column refers to (default 800, dense bf16 H100)")
+    b.add_argument("--parallel", type=int, default=None, help="run N bench processes at once on one device and sum their throughput")
     b.set_defaults(fn=cmd_bench)
     return p
 

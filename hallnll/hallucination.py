@@ -53,9 +53,7 @@ def sample_partners(labels: torch.Tensor, u_idx: torch.Tensor, num_classes: int,
     """
     dev = labels.device
     counts = torch.bincount(labels, minlength=num_classes)
-    present = counts > 0
-    if int(present.sum()) < 2:
-        raise ValueError("hallucination needs easy samples of at least two classes")
+    present = counts > 0  # the caller checks once that >= 2 classes are present (no host sync here)
     order = torch.argsort(labels, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     y_u = labels[u_idx]
@@ -89,6 +87,8 @@ def hallucinate(hallucinator: Hallucinator, optimizer, classifier: nn.Linear, ea
     """
     dev = easy_feats.device
     n = len(easy_feats)
+    if len(torch.unique(easy_labels)) < 2:
+        raise ValueError("hallucination needs easy samples of at least two classes")
     w = classifier.weight.detach().float()
     b = classifier.bias.detach().float() if classifier.bias is not None else None
     feats = easy_feats.detach().float()

@@ -200,9 +200,6 @@ def test_training_and_eval_loops_do_not_read_values_on_the_host(tiny, no_host_re
     assert all(v.dim() == 0 for v in out.values())
 
 
-@pytest.mark.xfail(strict=False, raises=_HostSync,
-                   reason="hallucination.sample_partners checks int(present.sum()) once per iteration "
-                          "(a host sync per hallucinator step on CUDA); the check can move out of the loop")
 def test_hallucination_loop_does_not_read_values_on_the_host(no_host_reads):
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(300, 16, generator=g)
