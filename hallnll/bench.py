@@ -80,14 +80,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import engine, reporting, train
 from .config import Config, ConfigError, from_dict, load_config, parse_overrides
 from .data import CIFAR10_CLASSES, DeviceImages, ImageData, load_dataset
-from .hallucination import Hallucinator
-from .models import build_model
 from .ssl import ssl_epoch
 
 DEFAULT_PEAK_TFLOPS = 800.0
@@ -277,24 +274,10 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
     setup["noisy_labels"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    C = data.num_classes
-    cl = cfg.channels_last and dev.type == "cuda"
-    train_x = DeviceImages(data.x_train, data.mean, data.std, dev, cl)
-    test_x = DeviceImages(data.x_test, data.mean, data.std, dev, cl)
-    given = noisy.to(dev)
-    y_test = data.y_test.to(dev)
+    st = train.setup(cfg, data, noisy, dev)
+    C, train_x, test_x, given, y_test = st.num_classes, st.train_x, st.test_x, st.given, st.y_test
+    model, train_model, hal, opt, hal_opt, gen, rng = st.model, st.train_model, st.hal, st.opt, st.hal_opt, st.gen, st.rng
     n = len(given)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, C, data.in_channels, cfg.pretrained).to(dev)
-        hal = Hallucinator(model.feature_dim, cfg.hal_hidden).to(dev)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
-    hal_opt = engine.make_optimizer(hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay)
-    train_model = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
-    gen = torch.Generator(dev).manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     _sync(dev)
     setup["to_device_and_model"] = time.perf_counter() - t0
 
@@ -419,7 +402,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
                  "shape": list(data.x_train.shape[1:]), "num_classes": C},
         "config": cfg.to_dict(),
         "bench": {"epochs": epochs, "warmup": warm, "peak_tflops": peak, "cudnn_benchmark": opts["cudnn_benchmark"],
-                  "bf16_active": bool(cfg.bf16 and dev.type == "cuda"), "channels_last_active": cl,
+                  "bf16_active": bool(cfg.bf16 and dev.type == "cuda"), "channels_last_active": bool(cfg.channels_last and dev.type == "cuda"),
                   "compile_active": bool(cfg.compile and dev.type == "cuda")},
         "flops": {"model_forward_per_image": fwd, "model_train_per_image": 3 * fwd,
                   "hallucinator_forward_per_anchor": hal_fwd, "feature_dim": d},

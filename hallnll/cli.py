@@ -12,7 +12,6 @@ exit with status 2 before anything is written.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -90,6 +89,9 @@ class Config:
     # Hallucinator h_phi: a two-layer MLP (2d -> hidden -> d). The width is not
     # given; 0 means "hidden = d", the smallest width that is not a bottleneck.
     hal_hidden: int = 0
+    # End h_phi with a ReLU: real features (ReLU + average pooling) are
+    # non-negative, so anchors are kept in that cone (see hallucination.py).
+    hal_out_relu: bool = True
     # Anchors: Alg. 1 runs I_max hallucinator iterations per epoch, each on a
     # mini-batch of easy features s_u, every s_u paired with a fresh s_v of
     # another class, and keeps every anchor in S_hal. The paper does not give

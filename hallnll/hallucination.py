@@ -26,12 +26,20 @@ class Hallucinator(nn.Module):
     """h_phi: concat(s_u, s_v) [2d] -> hidden -> s_a [d], ReLU between.
 
     The paper says only "a simple two-layer MLP"; ``hidden=0`` means d.
+    ``out_relu`` ends it with a ReLU, so that anchors live where real features
+    do: f_theta ends in ReLU + average pooling, its features are non-negative.
+    Without it the anchors drift into negative coordinates and, pushed by the
+    cross-entropy term, to norms ~3x the real ones, and sit apart from every
+    real hard feature (lower cosine, their own clusters in a t-SNE).
     """
 
-    def __init__(self, dim: int, hidden: int = 0):
+    def __init__(self, dim: int, hidden: int = 0, out_relu: bool = True):
         super().__init__()
         hidden = hidden or dim
-        self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        layers = [nn.Linear(2 * dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)]
+        if out_relu:
+            layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
 
     def forward(self, s_u: torch.Tensor, s_v: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([s_u, s_v], dim=1))

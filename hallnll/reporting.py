@@ -143,10 +143,6 @@ def plot_training(histories: dict, path_stem=None, title: str = ""):
 
     Returns the figure; with ``path_stem`` also writes PNG and PDF.
     """
-    import matplotlib
-
-    if path_stem is not None:
-        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))

@@ -91,6 +91,53 @@ def prepare(cfg: Config, data: ImageData | None = None, noisy: torch.Tensor | No
     return data, noisy, rep
 
 
+def make_hallucinator(cfg: Config, dim: int, device) -> tuple:
+    """h_phi and its optimiser (SGD with the model's momentum and weight decay; lr hal_lr or lr)."""
+    hal = Hallucinator(dim, cfg.hal_hidden, cfg.hal_out_relu).to(device)
+    return hal, engine.make_optimizer(hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay)
+
+
+@dataclass
+class Setup:
+    """Everything a training run holds on the device, built once by :func:`setup`."""
+
+    device: torch.device
+    num_classes: int
+    train_x: DeviceImages
+    test_x: DeviceImages
+    given: torch.Tensor
+    true: Optional[torch.Tensor]
+    y_test: torch.Tensor
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, compiled when cfg.compile on CUDA
+    hal: Hallucinator
+    opt: torch.optim.Optimizer
+    hal_opt: torch.optim.Optimizer
+    gen: torch.Generator
+    rng: np.random.Generator
+
+
+def setup(cfg: Config, data: ImageData, noisy: torch.Tensor, dev=None) -> Setup:
+    """Images on the device, the seeded model and hallucinator, optimisers and generators."""
+    dev = engine.resolve_device(cfg.device) if dev is None else torch.device(dev)
+    cl = cfg.channels_last and dev.type == "cuda"
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained).to(dev)
+        hal, hal_opt = make_hallucinator(cfg, model.feature_dim, dev)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    return Setup(
+        device=dev, num_classes=data.num_classes,
+        train_x=DeviceImages(data.x_train, data.mean, data.std, dev, cl),
+        test_x=DeviceImages(data.x_test, data.mean, data.std, dev, cl),
+        given=noisy.to(dev), true=data.y_train.to(dev) if data.train_labels_known else None,
+        y_test=data.y_test.to(dev), model=model,
+        train_model=torch.compile(model) if (cfg.compile and dev.type == "cuda") else model,
+        hal=hal, opt=engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay),
+        hal_opt=hal_opt, gen=torch.Generator(dev).manual_seed(cfg.seed), rng=np.random.default_rng(cfg.seed))
+
+
 def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.Tensor | None = None,
         resume: bool = True, progress: bool | None = None) -> RunResult:
     """Train ``cfg.variant`` on ``cfg``'s data and noisy labels (Alg. 1). See the module docstring."""
@@ -102,27 +149,10 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    C = data.num_classes
-    cl = cfg.channels_last and dev.type == "cuda"
-    train_x = DeviceImages(data.x_train, data.mean, data.std, dev, cl)
-    test_x = DeviceImages(data.x_test, data.mean, data.std, dev, cl)
-    given = noisy.to(dev)
-    true = data.y_train.to(dev) if data.train_labels_known else None
-    y_test = data.y_test.to(dev)
-    n = len(given)
-
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, C, data.in_channels, cfg.pretrained).to(dev)
-        hal = Hallucinator(model.feature_dim, cfg.hal_hidden).to(dev)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+    st = setup(cfg, data, noisy, dev)
+    C, train_x, test_x, given, true, y_test = st.num_classes, st.train_x, st.test_x, st.given, st.true, st.y_test
+    model, train_model, hal, opt, hal_opt, gen, rng = st.model, st.train_model, st.hal, st.opt, st.hal_opt, st.gen, st.rng
     hal_lr = cfg.hal_lr or cfg.lr
-    hal_opt = engine.make_optimizer(hal.parameters(), hal_lr, cfg.momentum, cfg.weight_decay)
-    train_model = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
-    gen = torch.Generator(dev).manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
 
     history: list = []
     start_epoch = 0
@@ -157,7 +187,6 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
 
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"{cfg.name} [{cfg.variant}]", unit="epoch")
     last_anchors = None
-    hal_bs = cfg.hal_batch_size or cfg.batch_size
     for epoch in range(start_epoch, cfg.epochs):
         timer = _Timer(dev)
         lr = engine.step_lr(cfg.lr, epoch, cfg.lr_decay_epoch)

@@ -19,7 +19,6 @@ import csv
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch

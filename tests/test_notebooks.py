@@ -1,0 +1,112 @@
+"""Every notebook in notebooks/: committed without outputs, with a `parameters` cell first, and
+executed end to end through papermill on digits with tiny parameters (repository root as cwd)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hallnll import reproduce
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+SHARED = REPO.parent / "shared" / "data" / "noisy-labels"
+STAGED = REPO / ".data" / "noisy-labels"
+
+TINY = dict(epochs=4, warmup_epochs=2, cbased_epochs=2, threads=1)
+TINY_OVERRIDES = ["epochs=4", "warmup_epochs=2", "cbased_epochs=2"]
+
+
+def _label_file(rel: str) -> str:
+    for base in (STAGED, SHARED):
+        if (base / rel).is_file():
+            return str(base / rel)
+    return ""
+
+
+def parameters(name: str, tmp: Path) -> dict:
+    """Tiny parameters of each notebook; runs that share a folder reuse one trained run."""
+    shared_run = str(tmp / "hallnll-run")
+    return {
+        "00_quickstart": dict(TINY, out_dir=str(tmp / "00"), figures_dir=str(tmp / "figures")),
+        "01_label_noise": dict(cbased_epochs=2, threads=1, n_examples=8,
+                               cbased_csv=_label_file("cifar10-classification-idn/dependent0.4.csv"),
+                               cifar_n_file=_label_file("cifar-n/CIFAR-10_human.npz")),
+        "02_warmup_gmm": dict(warmup_epochs=2, cbased_epochs=2, threads=1),
+        "03_easy_selection": dict(warmup_epochs=2, cbased_epochs=2, threads=1, p_values=[0.3, 0.4]),
+        "04_hallucination": dict(TINY, out_dir=shared_run, hal_iters=5),
+        "05_hard_selection": dict(TINY, out_dir=shared_run, lambdas=[0.8, 0.95], n_examples=8),
+        "06_training": dict(overrides=TINY_OVERRIDES, out_dir=str(tmp / "06"), seed=1, threads=1),
+        "07_ablation": dict(TINY, out_dir=str(tmp / "07"), variants=["gmm", "hallnll"]),
+        "08_hyperparameters": dict(TINY, out_dir=str(tmp / "08"), p_values=[0.4, 0.5], lambda_conf_values=[0.8]),
+        "09_figures": dict(overrides=TINY_OVERRIDES, out_dir=shared_run, figures_dir=str(tmp / "figures"),
+                           n_real=60, m_anchors=10, tsne_iters=100, n_fig5=4, n_fig7=8, threads=1),
+        "10_tables": dict(results_dir=str(tmp / "results"), threads=1),
+    }[name]
+
+
+def test_notebooks_exist():
+    names = [p.stem for p in NOTEBOOKS]
+    for expected in ("00_quickstart", "01_label_noise", "02_warmup_gmm", "03_easy_selection", "04_hallucination",
+                     "05_hard_selection", "06_training", "07_ablation", "08_hyperparameters", "09_figures",
+                     "10_tables"):
+        assert expected in names
+    for n in names:  # a new notebook needs its tiny parameters here
+        parameters(n, Path("/tmp"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_clean(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    first = nb.cells[0]
+    assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", []), \
+        f"{path.name}: the first cell must be a code cell tagged 'parameters'"
+    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
+    for line in first.source.splitlines():  # papermill parses one '=' per line
+        assert line.count("=") <= 1, f"{path.name}: papermill cannot parse the parameter line {line!r}"
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code":
+            assert c.outputs == [] and c.execution_count is None, f"{path.name}: cell {i} has outputs"
+    assert any(c.cell_type == "markdown" for c in nb.cells)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return reproduce.kernel_name()  # python3 when it runs this interpreter, else a temporary kernelspec
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("notebooks")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, kernel, workdir, monkeypatch):
+    import papermill as pm
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it
+    out = workdir / f"{path.stem}.ipynb"
+    params = parameters(path.stem, workdir)
+    if path.stem == "10_tables":  # one table with results (made-up numbers), the others not run yet
+        rows = [dict(r, scale="quick", ours_mean=80.0 + i, ours_std=0.5, n_seeds=2, seeds="0 1",
+                     diff=80.0 + i - r["paper_mean"], params="", overrides="", runs="", note="", error="")
+                for i, r in enumerate(reproduce.paper_rows("table5"))]
+        reproduce.write_results("table5", rows, workdir / "results", "quick")
+    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(REPO),
+                        progress_bar=False)
+    nb = nbformat.read(str(out), as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert images >= 1, f"{path.stem} drew no figure"
+    if path.stem == "06_training":
+        s = json.loads((workdir / "06" / "summary.json").read_text())
+        assert s["seed"] == 1 and s["epochs"] == 4
+        assert (workdir / "06" / "metrics.jsonl").is_file() and (workdir / "06" / "labels.csv").is_file()
+    if path.stem == "09_figures":
+        for f in ("fig4_tsne", "fig5_anchors", "fig6_correction", "fig7_hard_examples"):
+            assert (workdir / "figures" / f"{f}.png").is_file() and (workdir / "figures" / f"{f}.pdf").is_file()
