@@ -74,6 +74,14 @@ def cmd_quickstart(args) -> int:
     from .train import fit, prepare
 
     base = load_config(QUICKSTART_PARAMS, args.set)
+    import torch
+
+    from .engine import resolve_device
+
+    if resolve_device(base.device).type == "cpu":
+        # a CNN on 8x8 images is too small to split across threads: one thread
+        # was several times faster than two on the 2-core machines we measured
+        torch.set_num_threads(1)
     out = Path(args.out)
     data, noisy, rep = prepare(base, progress=not args.no_progress)
     print(f"digits: {len(noisy)} training / {len(data.y_test)} test images, {base.noise} noise, "
