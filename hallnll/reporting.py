@@ -71,6 +71,8 @@ def selection_metrics(true: torch.Tensor | None, given: torch.Tensor, labeled_ma
     - precision_easy: share of easy samples whose given label is right;
     - precision_clean_hard: share of clean-hard samples whose corrected label is
       right (the accuracy of the corrected labels);
+    - corrected_acc: share of the labels the method changed (clean-hard samples
+      whose corrected label differs from the given one) that are right;
     - fixed: clean-hard samples whose wrong given label was corrected to the truth;
     - recall_clean: share of the truly clean samples that are labeled;
     - labeled_noise_rate: noise rate of the labeled set's training labels;
@@ -92,9 +94,11 @@ def selection_metrics(true: torch.Tensor | None, given: torch.Tensor, labeled_ma
 
     right_given = given == true
     right_train = train_labels == true
+    changed = clean_hard_mask & (train_labels != given)
     m.update(
         precision_easy=mean(right_given[easy_mask]),
         precision_clean_hard=mean(right_train[clean_hard_mask]),
+        corrected_acc=mean(right_train[changed]),
         fixed=int((clean_hard_mask & ~right_given & right_train).sum()),
         recall_clean=mean(labeled_mask[right_given]),
         labeled_noise_rate=mean(~right_train[labeled_mask]),

@@ -37,6 +37,7 @@ from .config import Config
 from .data import DeviceImages, ImageData, load_dataset
 from .hallucination import Hallucinator, hallucinate
 from .models import build_model
+from .noise import save_label_csv
 from .ssl import ssl_epoch
 
 
@@ -170,6 +171,11 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
     if out is not None:
         cfg.save(out / "config.yaml")
         (out / "noise_report.txt").write_text(str(noise_report) + "\n")
+        if data.train_labels_known:
+            # the exact labels trained on: regenerated noise depends on float
+            # reduction order (threads, GPU kernels), so keep what was used;
+            # --set noise=file --set noise_file=.../noisy_labels.csv reuses it
+            save_label_csv(out / "noisy_labels.csv", data.y_train, noisy)
 
     def checkpoint(epoch_done: int):
         if ckpt_path is None:

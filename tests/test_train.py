@@ -39,12 +39,16 @@ def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, tmp
     assert last["n_clean_hard"] > 0 and last["n_easy"] > 0
     # every output of a run is there and consistent
     out = tmp_path / "hal"
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "labels.csv", "checkpoint.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "labels.csv", "checkpoint.pt", "noisy_labels.csv"):
         assert (out / name).is_file(), name
+    from hallnll.noise import load_label_csv
+
+    clean_f, noisy_f = load_label_csv(out / "noisy_labels.csv", 10, data.y_train)
+    assert torch.equal(noisy_f, noisy)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and rows[0]["phase"] == "warmup" and rows[-1]["phase"] == "ssl"
     for key in ("test_acc", "train_loss", "n_easy", "n_clean_hard", "precision_easy", "precision_clean_hard",
-                "recall_clean", "labeled_noise_rate", "hal_loss", "seconds"):
+                "recall_clean", "labeled_noise_rate", "corrected_acc", "hal_loss", "seconds"):
         assert key in rows[-1], key
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_acc"] == max(r["test_acc"] for r in rows) and summary["epochs"] == 24
@@ -55,6 +59,10 @@ def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, tmp
     assert [int(r[1]) for r in body] == noisy.tolist()
     assert sum(r[5] == "clean-hard" for r in body) == last["n_clean_hard"]
     assert sum(r[4] == "1" for r in body) == last["n_labeled"]
+    changed = [r for r in body if r[5] == "clean-hard" and r[1] != r[2]]
+    assert len(changed) == last["n_changed"]
+    if changed:
+        assert last["corrected_acc"] == pytest.approx(sum(r[2] == r[7] for r in changed) / len(changed))
 
 
 def test_variants_select_as_table5_describes(digits_cbased40):
