@@ -23,6 +23,7 @@ from which an interrupted run resumes.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
             raise TrainingError(f"{ckpt_path} was made with other noisy labels; use another --out or delete it")
         model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"])
         hal.load_state_dict(ck["hal"]), hal_opt.load_state_dict(ck["hal_opt"])
-        gen.set_state(ck["gen"].cpu() if dev.type == "cpu" else ck["gen"].cpu())
+        gen.set_state(ck["gen"].cpu())
         rng.bit_generator.state = ck["rng"]
         history, start_epoch, state_last = ck["history"], ck["epoch"], ck.get("last", {})
     if out is not None:
@@ -225,7 +226,7 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
                 _check_finite(row["hal_loss"], epoch + 1, "hallucination", out)
             _check_finite(row["train_loss"], epoch + 1, "ssl", out)
             row.update(reporting.selection_metrics(true, given, ls, sel["easy_mask"], sel["clean_hard_mask"], sel["train_labels"]))
-            state_last = {k: sel[k].cpu() for k in ("omega", "easy_mask", "clean_hard_mask", "labeled_mask", "train_labels", "predicted")}
+            state_last = {k: sel[k].cpu() for k in ("omega", "easy_mask", "clean_hard_mask", "train_labels")}
         row["test_acc"] = float(engine.accuracy(model, test_x, y_test, cfg.eval_batch_size, cfg.bf16))
         timer.lap("eval")
         row["seconds"] = {**timer.seconds, "total": sum(timer.seconds.values())}
@@ -245,8 +246,6 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
         reporting.write_metrics(out / "metrics.jsonl", history)
         reporting.write_labels_csv(out / "labels.csv", labels["given"], labels["corrected"], labels["easiness"],
                                    labels["subset"], labels["predicted"], data.y_train if data.train_labels_known else None)
-        import json
-
         reporting.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(summary, history, out, model, labels, last_anchors)
 
@@ -260,7 +259,7 @@ def select_epoch(model, hal, hal_opt, train_x: DeviceImages, given: torch.Tensor
     logits, feats = engine.predict(model, train_x, cfg.eval_batch_size, cfg.bf16)
     omega = selection.easiness(selection.per_sample_loss(logits, given), cfg.gmm_max_iter, cfg.seed)
     n = len(given)
-    out = {"omega": omega, "predicted": logits.argmax(1)}
+    out = {"omega": omega}
     train_labels = given.clone()
     weights = omega.clone()
     clean_hard = torch.zeros(n, dtype=torch.bool, device=given.device)
@@ -302,7 +301,8 @@ def label_report(model, train_x: DeviceImages, given: torch.Tensor, C: int, cfg:
     logits, _ = engine.predict(model, train_x, cfg.eval_batch_size, cfg.bf16, features=False)
     predicted = logits.argmax(1).cpu()
     if last:
-        easy, ch, lab = last["easy_mask"], last["clean_hard_mask"], last["labeled_mask"]
+        easy, ch = last["easy_mask"], last["clean_hard_mask"]
+        lab = easy | ch
         omega, train_labels = last["omega"], last["train_labels"]
     else:
         omega = selection.easiness(selection.per_sample_loss(logits, given), cfg.gmm_max_iter, cfg.seed).cpu()
