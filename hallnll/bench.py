@@ -1,31 +1,34 @@
 """``hallnll bench``: seconds per epoch, images/s and TFLOP/s of every phase of Alg. 1.
 
-It runs the real training functions (nothing of the method is reimplemented)
-on a real model and the real data path (uint8 images resident on the device,
-batched augmentation, the config's bf16 / channels_last / compile settings)
-and times each phase of an epoch, the way :func:`hallnll.train.fit` runs it:
+It runs :meth:`hallnll.run.Run.epoch`, the very epoch :func:`hallnll.train.fit`
+runs, on a real model and the real data path (uint8 images resident on the
+device, batched augmentation, the config's bf16 / channels_last / compile
+settings), and reads each phase's seconds from the run's own
+:class:`hallnll.run.Timer`, which times every step under its name:
 
 ==============  ==============================================================
-phase           what runs (function)
+phase           the Run step(s) it times
 ==============  ==============================================================
-warmup          one cross-entropy epoch, Alg. 1 lines 2-3 (engine.ce_epoch)
-easiness        predict on the training set + per-sample loss + GMM + Eq. 1
-                (first part of train.select_epoch, its "select" lap)
-hallucination   the hallucinator phase, Eq. 2 (select_epoch's "hallucinate" lap)
-hard_select     nearest-anchor search + K-vote, §3.3 ("hard_select" lap)
-ssl             one MixMatch epoch, Eq. 3 (ssl.ssl_epoch)
-eval            test accuracy, large batches (engine.accuracy)
-checkpoint      the per-epoch checkpoint fit writes (model, optimisers, RNG
-                states; reporting.atomic_torch_save to a temporary folder)
+warmup          ``warmup_epoch``: one cross-entropy epoch, Alg. 1 lines 2-3
+easiness        ``easiness`` + ``select_easy``: predict on the training set,
+                per-sample loss, GMM, Eq. 1 (Alg. 1 lines 6-7)
+hallucination   ``hallucinate``: the hallucinator phase, Eq. 2 (lines 8-15)
+hard_select     ``select_hard``: nearest-anchor search + K-vote, §3.3 (line 17)
+ssl             ``ssl_epoch``: one MixMatch epoch, Eq. 3 (lines 20-23)
+eval            ``evaluate``: test accuracy, large batches
+checkpoint      ``save``: the checkpoint fit writes after an epoch
+                (``Run.state_dict``, to a temporary folder)
 predict_train   diagnostic only: engine.predict on the training set alone, so
                 that easiness - predict_train is the GMM + Eq. 1 cost
 ==============  ==============================================================
 
-The device is synchronised only at phase boundaries. Every phase runs
-``warmup + epochs`` times; the first ``warmup`` runs (default 1: CUDA
-context, cuDNN autotuning, torch.compile) are reported apart as
-``first_seconds`` and excluded from the per-epoch figures (the median of the
-measured runs; mean and min are in the JSON).
+The device is synchronised only at phase boundaries. The bench runs
+``warmup + epochs`` warm-up epochs, then as many SSL epochs (the config's
+``warmup_epochs`` is set to that count for the bench); the first ``warmup``
+runs of each phase (default 1: CUDA context, cuDNN autotuning,
+torch.compile) are reported apart as ``first_seconds`` and excluded from the
+per-epoch figures (the median of the measured runs; mean and min are in the
+JSON).
 
 FLOPs: the model's forward FLOPs per image are counted once with
 :class:`torch.utils.flop_counter.FlopCounterMode` on one batch (convolutions
@@ -56,8 +59,8 @@ Config fields):
 - ``bench.parallel``: N > 1 launches N bench processes on the same device
   at once (seeds seed..seed+N-1, started together behind a barrier) and
   reports the summed throughput;
-- ``bench.sync_check``: on CUDA, one more run of every phase with
-  ``torch.cuda.set_sync_debug_mode("warn")``, counting host syncs per phase;
+- ``bench.sync_check``: on CUDA, one more epoch of each kind with
+  ``torch.cuda.set_sync_debug_mode("warn")``, counting host syncs per Run step;
 - ``bench.cudnn_benchmark``: set ``torch.backends.cudnn.benchmark`` (fit
   does not; default false, to measure what fit does).
 
@@ -66,6 +69,7 @@ do the same as the ``bench.`` keys.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -82,10 +86,11 @@ from pathlib import Path
 
 import torch
 
-from . import engine, reporting, train
+from . import engine
 from .config import Config, ConfigError, from_dict, load_config, parse_overrides
 from .data import CIFAR10_CLASSES, DeviceImages, ImageData, load_dataset
-from .ssl import ssl_epoch
+from .run import Run, Timer
+from .train import prepare
 
 DEFAULT_PEAK_TFLOPS = 800.0
 PHASES = ("warmup", "easiness", "hallucination", "hard_select", "ssl", "eval", "checkpoint", "predict_train")
@@ -248,6 +253,12 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _ce_images(n: int, bs: int) -> tuple:
+    """Steps and images of one cross-entropy epoch (engine.ce_epoch drops the last partial batch)."""
+    steps = max(1, n // bs) if n >= bs else 1
+    return steps, min(n, steps * bs)
+
+
 def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: ImageData | None = None,
               synthetic: bool = False) -> dict:
     """Time every phase of Alg. 1 on ``cfg``; returns the report (see the module docstring)."""
@@ -256,6 +267,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
         raise ConfigError(f"bench: epochs={epochs} must be at least 1")
     cfg = cfg.replace(progress=False)
     warm, peak = opts["warmup"], opts["peak_tflops"]
+    reps = warm + epochs
     dev = engine.resolve_device(cfg.device)
     if dev.type == "cuda" and opts["cudnn_benchmark"]:
         torch.backends.cudnn.benchmark = True
@@ -270,103 +282,75 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
             data = load_dataset(cfg)
     setup["load_data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    data, noisy, _ = train.prepare(cfg, data, progress=False)
+    data, noisy, _ = prepare(cfg, data, progress=False)
     setup["noisy_labels"] = time.perf_counter() - t0
 
+    # the bench plays `reps` warm-up epochs, then `reps` SSL epochs (+1 of each for the sync check)
+    extra = 1 if opts["sync_check"] and dev.type == "cuda" else 0
+    n_warm = reps + extra
+    run_cfg = cfg.replace(warmup_epochs=n_warm, epochs=max(cfg.epochs, 2 * n_warm))
     t0 = time.perf_counter()
-    st = train.setup(cfg, data, noisy, dev)
-    C, train_x, test_x, given, y_test = st.num_classes, st.train_x, st.test_x, st.given, st.y_test
-    model, train_model, hal, opt, hal_opt, gen, rng = st.model, st.train_model, st.hal, st.opt, st.hal_opt, st.gen, st.rng
-    n = len(given)
+    run = Run(run_cfg, data, noisy, dev)
     _sync(dev)
     setup["to_device_and_model"] = time.perf_counter() - t0
+    model, n, n_test, bs = run.model, len(run.given), len(run.y_test), cfg.batch_size
 
     t0 = time.perf_counter()
-    fwd = model_forward_flops(model, train_x, cfg.batch_size if dev.type == "cuda" else 8)
-    hal_fwd = hallucinator_forward_flops(hal, model.classifier, model.feature_dim, dev)
+    fwd = model_forward_flops(model, run.train_x, bs if dev.type == "cuda" else 8)
+    hal_fwd = hallucinator_forward_flops(run.hal, model.classifier, model.feature_dim, dev)
     setup["count_flops"] = time.perf_counter() - t0
     d = model.feature_dim
-    bs = cfg.batch_size
+    hal_iters = cfg.hal_iters or engine.num_iters(n, cfg.hal_batch_size or bs)
     _barrier()
 
     rec = _Recorder()
-    reps = warm + epochs
     sanity: dict = {}
-
-    def timed(fn):
-        _sync(dev)
-        t = time.perf_counter()
-        out = fn()
-        _sync(dev)
-        return out, time.perf_counter() - t
-
-    def eval_phase():
-        acc, s = timed(lambda: engine.accuracy(model, test_x, y_test, cfg.eval_batch_size, cfg.bf16))
-        rec.add("eval", s, len(y_test), fwd * len(y_test))
-        return acc
-
+    sync_counts: dict = {}
     ckpt_dir = tempfile.TemporaryDirectory(prefix="hallnll-bench-ckpt-")
-
-    def checkpoint_phase():
-        path = Path(ckpt_dir.name) / "checkpoint.pt"
-        _, s = timed(lambda: reporting.atomic_torch_save(
-            {"model": model.state_dict(), "opt": opt.state_dict(), "hal": hal.state_dict(),
-             "hal_opt": hal_opt.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
-             "noisy": noisy, "config": cfg.to_dict()}, path))
-        rec.add("checkpoint", s, path.stat().st_size / 1e6, 0.0)
-
-    # -- warm-up epochs (cross-entropy), each followed by the evaluation fit runs
-    ce_steps = max(1, n // bs) if n >= bs else 1
-    ce_images = min(n, ce_steps * bs)
-    for r in range(reps):
-        loss, s = timed(lambda: engine.ce_epoch(train_model, train_x, given, opt, bs, gen, cfg.crop_padding,
-                                                cfg.hflip, cfg.bf16))
-        rec.add("warmup", s, ce_images, 3 * fwd * ce_images, iterations=ce_steps)
-        acc = eval_phase()
-        checkpoint_phase()
-        _log(f"bench: warmup run {r + 1}/{reps}: {s:.3f} s (loss {float(loss):.3f}, test acc {float(acc):.3f})")
-        sanity["warmup_loss"] = float(loss)
-
-    # -- SSL epochs: selection (easiness, hallucination, hard selection), MixMatch, evaluation
-    if cfg.variant != "ce":
-        for r in range(reps):
-            _sync(dev)
-            timer = train._Timer(dev)
-            sel = train.select_epoch(model, hal, hal_opt, train_x, given, C, cfg, gen, timer)
-            sec = dict(timer.seconds)
-            rec.add("easiness", sec["select"], n, fwd * n)
-            anchors = sel.get("anchors")
-            n_easy = int(sel["easy_mask"].sum())
-            if anchors is not None:
-                m = len(anchors["anchors"])
-                n_hard = n - n_easy
-                rec.add("hallucination", sec["hallucinate"], m, 3 * hal_fwd * m,
-                        iterations=cfg.hal_iters or engine.num_iters(n, cfg.hal_batch_size or bs))
-                rec.add("hard_select", sec["hard_select"], n_hard, 2.0 * m * n_hard * d, anchors=m)
-            ls = sel["labeled_mask"]
-            lab_idx = ls.nonzero().squeeze(1)
-            unl_idx = (~ls).nonzero().squeeze(1)
-            iters = engine.num_iters(len(lab_idx), bs)
-            rows = iters * (2 * bs + (2 * bs if len(unl_idx) else 0))
-
-            def ssl_run():
-                return ssl_epoch(train_model, opt, train_x, lab_idx, sel["train_labels"][lab_idx],
-                                 sel["weights"][lab_idx], unl_idx, C, cfg, cfg.warmup_epochs + r, gen, rng, iters)
-
-            losses, s = timed(ssl_run)
-            rec.add("ssl", s, rows, 4 * fwd * rows, iterations=iters, n_labeled=len(lab_idx))
-            acc = eval_phase()
-            _log(f"bench: ssl run {r + 1}/{reps}: select {sec['select']:.3f} s, hallucinate "
-                 f"{sec.get('hallucinate', 0):.3f} s, hard {sec.get('hard_select', 0):.3f} s, ssl {s:.3f} s "
-                 f"({iters} it), loss {float(losses['loss']):.3f}, test acc {float(acc):.3f}")
-            sanity.update(ssl_loss=float(losses["loss"]), n_easy=n_easy, n_clean_hard=int(sel["clean_hard_mask"].sum()),
-                          n_labeled=len(lab_idx), ssl_iterations=iters)
-    sanity["test_acc"] = float(acc)
+    ckpt = Path(ckpt_dir.name) / "checkpoint.pt"
+    ce_steps, ce_images = _ce_images(n, bs)
+    kinds = ["warmup"] + (["ssl"] if cfg.variant != "ce" else [])
+    for kind in kinds:
+        for r in range(reps + extra):
+            if r == reps:  # one more epoch under the sync counter
+                run.timer = _SyncCounter()
+                run.epoch()
+                sync_counts.update(run.timer.syncs)
+                run.timer = Timer(dev)
+                continue
+            row = run.epoch()  # exactly what fit runs, timed per step by the run's Timer
+            sec = dict(run.timer.seconds)
+            with run.timer.phase("checkpoint"):
+                run.save(ckpt)
+            rec.add("checkpoint", run.timer.seconds["checkpoint"], ckpt.stat().st_size / 1e6, 0.0)
+            rec.add("eval", sec["eval"], n_test, fwd * n_test)
+            if kind == "warmup":
+                rec.add("warmup", sec["warmup"], ce_images, 3 * fwd * ce_images, iterations=ce_steps)
+                _log(f"bench: warmup run {r + 1}/{reps}: {sec['warmup']:.3f} s "
+                     f"(loss {row['train_loss']:.3f}, test acc {row['test_acc']:.3f})")
+                sanity["warmup_loss"] = row["train_loss"]
+                continue
+            rec.add("easiness", sec["easiness"] + sec["select_easy"], n, fwd * n)
+            if run.last_anchors is not None:
+                m, n_hard = len(run.last_anchors["anchors"]), n - row["n_easy"]
+                rec.add("hallucination", sec["hallucinate"], m, 3 * hal_fwd * m, iterations=hal_iters)
+                rec.add("hard_select", sec["select_hard"], n_hard, 2.0 * m * n_hard * d, anchors=m)
+            iters = engine.num_iters(row["n_labeled"], bs)
+            rows = iters * (2 * bs + (2 * bs if row["n_unlabeled"] else 0))
+            rec.add("ssl", sec["ssl"], rows, 4 * fwd * rows, iterations=iters, n_labeled=row["n_labeled"])
+            _log(f"bench: ssl run {r + 1}/{reps}: select {sec['easiness'] + sec['select_easy']:.3f} s, hallucinate "
+                 f"{sec.get('hallucinate', 0):.3f} s, hard {sec.get('select_hard', 0):.3f} s, ssl {sec['ssl']:.3f} s "
+                 f"({iters} it), loss {row['train_loss']:.3f}, test acc {row['test_acc']:.3f}")
+            sanity.update(ssl_loss=row["train_loss"], n_easy=row["n_easy"], n_clean_hard=row["n_clean_hard"],
+                          n_labeled=row["n_labeled"], ssl_iterations=iters)
+        sanity["test_acc"] = run.history[-1]["test_acc"]
 
     # -- diagnostic: the training-set forward pass alone
     for r in range(reps):
-        _, s = timed(lambda: engine.predict(model, train_x, cfg.eval_batch_size, cfg.bf16))
-        rec.add("predict_train", s, n, fwd * n)
+        run.timer.reset()
+        with run.timer.phase("predict_train"):
+            engine.predict(model, run.train_x, cfg.eval_batch_size, cfg.bf16)
+        rec.add("predict_train", run.timer.seconds["predict_train"], n, fwd * n)
 
     ckpt_dir.cleanup()
     phases = {p: _phase_summary(rec.runs[p], warm, peak, UNITS[p]) for p in PHASES}
@@ -398,8 +382,8 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
         "python": platform.python_version(),
         "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "command": sys.argv,
-        "data": {"source": "synthetic" if synthetic else data.name, "n_train": n, "n_test": len(y_test),
-                 "shape": list(data.x_train.shape[1:]), "num_classes": C},
+        "data": {"source": "synthetic" if synthetic else data.name, "n_train": n, "n_test": n_test,
+                 "shape": list(data.x_train.shape[1:]), "num_classes": run.num_classes},
         "config": cfg.to_dict(),
         "bench": {"epochs": epochs, "warmup": warm, "peak_tflops": peak, "cudnn_benchmark": opts["cudnn_benchmark"],
                   "bf16_active": bool(cfg.bf16 and dev.type == "cuda"), "channels_last_active": bool(cfg.channels_last and dev.type == "cuda"),
@@ -418,8 +402,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
     if phases["easiness"].get("seconds_per_epoch") is not None and phases["predict_train"].get("seconds_per_epoch"):
         report["gmm_and_eq1_seconds"] = phases["easiness"]["seconds_per_epoch"] - phases["predict_train"]["seconds_per_epoch"]
     if opts["sync_check"]:
-        report["sync_check"] = _sync_check(cfg, dev, model, train_model, hal, hal_opt, opt, train_x, test_x, given,
-                                           y_test, C, gen, rng)
+        report["sync_check"] = _sync_report(sync_counts, dev, cfg, n, n_test, hal_iters)
     return report
 
 
@@ -429,41 +412,37 @@ def _device_name(dev: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def _sync_check(cfg, dev, model, train_model, hal, hal_opt, opt, train_x, test_x, given, y_test, C, gen, rng) -> dict:
-    """CUDA only: host synchronisations per phase under ``set_sync_debug_mode('warn')``."""
-    if dev.type != "cuda":
-        return {"skipped": "sync debug mode needs CUDA"}
-    out = {}
+class _SyncCounter(Timer):
+    """A :class:`hallnll.run.Timer` that counts host synchronisations per step
+    (under ``torch.cuda.set_sync_debug_mode("warn")``) instead of timing it."""
 
-    def count(name, fn, iterations):
-        with warnings.catch_warnings(record=True) as w:
+    def __init__(self):
+        super().__init__(None)
+        self.syncs: dict = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                res = fn()
-                torch.cuda.set_sync_debug_mode(0)
+                yield
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-        k = sum("synchroniz" in str(x.message).lower() for x in w)
-        out[name] = {"syncs": k, "iterations": iterations, "per_iteration": k / max(iterations, 1)}
-        return res
+        k = sum("synchroniz" in str(x.message).lower() for x in caught)
+        self.syncs[name] = self.syncs.get(name, 0) + k
 
-    bs = cfg.batch_size
-    n = len(given)
-    count("warmup", lambda: engine.ce_epoch(train_model, train_x, given, opt, bs, gen, cfg.crop_padding, cfg.hflip,
-                                            cfg.bf16), max(1, n // bs))
-    timer = train._Timer(torch.device("cpu"))  # no synchronize of its own inside the count
-    sel = count("select_epoch", lambda: train.select_epoch(model, hal, hal_opt, train_x, given, C, cfg, gen, timer),
-                cfg.hal_iters or engine.num_iters(n, cfg.hal_batch_size or bs))
-    ls = sel["labeled_mask"]
-    lab_idx, unl_idx = ls.nonzero().squeeze(1), (~ls).nonzero().squeeze(1)
-    iters = engine.num_iters(len(lab_idx), bs)
-    count("ssl", lambda: ssl_epoch(train_model, opt, train_x, lab_idx, sel["train_labels"][lab_idx], sel["weights"][lab_idx],
-                                   unl_idx, C, cfg, cfg.warmup_epochs, gen, rng, iters), iters)
-    count("eval", lambda: engine.accuracy(model, test_x, y_test, cfg.eval_batch_size, cfg.bf16),
-          math.ceil(len(y_test) / cfg.eval_batch_size))
-    out["note"] = ("select_epoch includes the GMM on the host and the boolean-mask indexing between its steps; "
-                   "per_iteration divides by the hallucinator iterations")
+
+def _sync_report(counts: dict, dev, cfg: Config, n: int, n_test: int, hal_iters: int) -> dict:
+    """CUDA only: host synchronisations per Run step of one warm-up and one SSL epoch."""
+    if dev.type != "cuda":
+        return {"skipped": "sync debug mode needs CUDA"}
+    per = {"warmup": _ce_images(n, cfg.batch_size)[0], "hallucinate": hal_iters,
+           "eval": math.ceil(n_test / cfg.eval_batch_size)}
+    out = {name: {"syncs": k, "iterations": per.get(name, 1), "per_iteration": k / max(per.get(name, 1), 1)}
+           for name, k in counts.items()}
+    out["note"] = ("per Run step (hallnll.run.Run); easiness includes the GMM on the host, select_hard and ssl the "
+                   "boolean-mask indexing; syncs between steps (the metrics row) are not counted")
     return out
 
 

@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """The main job on the embedded default: every variant on digits with 40% C-based noise."""
-    from .reporting import plot_correction, plot_training
+    from .figures import plot_correction, plot_training
     from .train import fit, prepare
 
     base = load_config(QUICKSTART_PARAMS, args.set)

@@ -1,41 +1,34 @@
-"""The paper's figures, and the plots of the notebooks, from a run's own data.
+"""Every plot of the package, the paper's figures and the notebooks', in one style.
 
 Every ``plot_*`` function returns the matplotlib Figure; given ``path_stem``
 it also writes ``path_stem.png`` and ``path_stem.pdf`` (200 dpi, fonts
-embedded as TrueType). The notebooks only call these functions.
+embedded as TrueType), all drawn under :data:`STYLE`. The numbers they show
+come from the steps of :class:`hallnll.run.Run` and from
+:mod:`hallnll.analysis`; nothing of the method is computed here.
 
 Figures of the paper
-    - Fig. 4, :func:`plot_tsne`: t-SNE (openTSNE) of real features (light
-      colours) and hallucinated anchors (dark colours, larger markers) per
-      class, at most ``n_real`` real and ``m_anchors`` anchors per class
-      (the paper shows 500 and 25).
+    - Fig. 4, :func:`plot_tsne`: t-SNE (openTSNE, :func:`hallnll.analysis.tsne_embed`)
+      of real features (light colours) and hallucinated anchors (dark colours,
+      larger markers) per class, at most ``n_real`` real and ``m_anchors``
+      anchors per class (the paper shows 500 and 25).
     - Fig. 5, :func:`plot_anchor_examples`: for some anchors s_a = h(s_u, s_v),
       the images of the two easy parents s_u, s_v and of the real training
-      sample nearest to s_a by cosine similarity of features
-      (:func:`anchor_examples` picks them).
-    - Fig. 6: :func:`hallnll.reporting.plot_correction` (re-exported here as
-      :func:`plot_correction`).
+      sample nearest to s_a (:func:`hallnll.analysis.anchor_examples` picks them).
+    - Fig. 6, :func:`plot_correction`: the noise rate of the training labels
+      and the accuracy of the corrected labels per epoch.
     - Fig. 7, :func:`plot_hard_examples`: a grid of hard samples with their
-      given and corrected labels (:func:`hard_examples` picks them).
+      given and corrected labels (:func:`hallnll.analysis.hard_examples` picks them).
 
 Steps of the method
     - label noise: :func:`plot_noise_transition` (heatmap of
       P(noisy = j | clean = i) of a :class:`hallnll.noise.NoiseReport`),
       :func:`plot_noise_examples`;
-    - §3.1: :func:`fit_loss_gmm` / :func:`plot_loss_gmm` (loss histogram and
-      the two fitted Gaussians), :func:`plot_easiness`,
-      :func:`easy_selection_table` (Eq. 1 quotas and precision per class);
-    - §3.2: :func:`anchor_parent_similarity`, :func:`plot_anchor_similarity`;
-    - §3.3: :func:`hard_selection_sweep` (|clean-hard| and precision against
-      lambda_conf), :func:`plot_sweep`;
-    - runs: :func:`plot_history` (any per-epoch metric), :func:`plot_training`
-      (re-exported), :func:`plot_table_comparison` (ours vs the paper).
-
-Analysis helpers
-    :func:`run_features` (logits and features f_theta(x) of the training
-    images from a trained model) and :func:`selection_snapshot` (steps 1-3 of
-    Alg. 1 on the final model: easiness, easy subset, S_hal and the clean-hard
-    subset, all in one feature space).
+    - §3.1: :func:`plot_loss_gmm` (loss histogram and the two Gaussians of the
+      GMM the easiness step fitted), :func:`plot_easiness`, :func:`plot_class_balance`;
+    - §3.2: :func:`plot_anchor_similarity`;
+    - §3.3 and sweeps: :func:`plot_sweep`;
+    - runs: :func:`plot_training` (test accuracy), :func:`plot_history` (any
+      per-epoch metric), :func:`plot_table_comparison` (ours vs the paper).
 
 Images are uint8 ``[N, C, H, W]``: 1-channel (8x8 digits, shown dark ink on
 white) and 3-channel (CIFAR) both work with :func:`image_grid`.
@@ -43,26 +36,13 @@ white) and 3-channel (CIFAR) both work with :func:`image_grid`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .reporting import _save as _save_files
-from .reporting import plot_correction, plot_training
-
-__all__ = [
-    "STYLE", "save", "to_display", "show_image", "image_grid", "class_colors",
-    "plot_noise_transition", "plot_noise_examples",
-    "LossGMM", "fit_loss_gmm", "plot_loss_gmm", "plot_easiness", "easy_selection_table", "plot_class_balance",
-    "anchor_parent_similarity", "plot_anchor_similarity",
-    "hard_selection_sweep", "plot_sweep",
-    "tsne_embed", "plot_tsne", "anchor_examples", "plot_anchor_examples", "hard_examples", "plot_hard_examples",
-    "plot_history", "plot_training", "plot_correction", "plot_table_comparison",
-    "run_features", "selection_snapshot",
-]
+from .analysis import tsne_embed
 
 #: Matplotlib settings of every figure here (applied with ``rc_context``, so
 #: the caller's global style is left alone).
@@ -93,7 +73,13 @@ def _plt():
 
 def save(fig, path_stem) -> list:
     """Write ``path_stem.png`` and ``path_stem.pdf``; returns the two paths."""
-    return _save_files(fig, path_stem)
+    path_stem = Path(path_stem)
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in (".png", ".pdf"):
+        out.append(str(path_stem) + ext)
+        fig.savefig(out[-1], dpi=200, bbox_inches="tight")
+    return out
 
 
 def _finish(fig, path_stem):
@@ -252,39 +238,9 @@ def plot_noise_examples(images, clean, noisy, n: int = 16, class_names=None, onl
 
 
 # =============================================================== §3.1: loss GMM and easy selection
-@dataclass
-class LossGMM:
-    """A 2-component GMM on min-max normalised losses, set up as :func:`hallnll.selection.easiness`."""
-
-    losses: np.ndarray  # normalised to [0, 1]
-    means: np.ndarray  # [2]
-    stds: np.ndarray  # [2]
-    weights: np.ndarray  # [2]
-    clean: int  # index of the component with the smaller mean
-    easiness: np.ndarray  # omega_n: posterior of the clean component
-
-    def density(self, x: np.ndarray, k: int) -> np.ndarray:
-        """Weighted density ``w_k N(x; mu_k, sigma_k)`` of component ``k``."""
-        return self.weights[k] * np.exp(-0.5 * ((x - self.means[k]) / self.stds[k]) ** 2) / (self.stds[k] * math.sqrt(2 * math.pi))
-
-
-def fit_loss_gmm(losses, max_iter: int = 10, seed: int = 0) -> LossGMM:
-    """Fit the easiness GMM of §3.1 (same normalisation and settings as the training loop)."""
-    from sklearn.mixture import GaussianMixture
-
-    l = _np(losses).astype(np.float64).ravel()
-    l = (l - l.min()) / max(l.max() - l.min(), 1e-12)
-    x = l.reshape(-1, 1)
-    gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=1e-2, reg_covar=5e-4, random_state=seed).fit(x)
-    means = gmm.means_.ravel()
-    stds = np.sqrt(gmm.covariances_.reshape(-1))
-    clean = int(np.argmin(means))
-    return LossGMM(l, means, stds, gmm.weights_.ravel(), clean, gmm.predict_proba(x)[:, clean])
-
-
-def plot_loss_gmm(losses, noisy_mask=None, max_iter: int = 10, seed: int = 0, bins: int = 50, ax=None,
-                  title: str | None = None, path_stem=None):
-    """Histogram of the normalised per-sample losses with the two fitted Gaussians (§3.1).
+def plot_loss_gmm(gmm, noisy_mask=None, bins: int = 50, ax=None, title: str | None = None, path_stem=None):
+    """Histogram of the normalised per-sample losses with the two Gaussians of
+    ``gmm`` (:class:`hallnll.selection.LossGMM`, e.g. ``run.easiness().gmm``), §3.1.
 
     With ``noisy_mask`` (True where the given label is wrong; known for
     synthetic noise) the histogram is stacked into clean and noisy samples.
@@ -292,7 +248,7 @@ def plot_loss_gmm(losses, noisy_mask=None, max_iter: int = 10, seed: int = 0, bi
     import seaborn as sns
 
     plt = _plt()
-    g = fit_loss_gmm(losses, max_iter, seed)
+    g = gmm
     with plt.rc_context(STYLE):
         own = ax is None
         fig, ax = plt.subplots(figsize=(5.2, 3.3)) if own else (ax.figure, ax)
@@ -349,37 +305,6 @@ def plot_easiness(omega, noisy_mask, bins: int = 30, ax=None, title: str | None 
         return _finish(fig, path_stem) if own else fig
 
 
-def easy_selection_table(omega, given, true, num_classes: int, p: float, gmm_threshold: float = 0.5, class_names=None):
-    """Per class j: N_j, the Eq. 1 quota M_j, and size / precision of the easy subset
-    (Eq. 1) and of DivideMix's GMM subset (omega > threshold). A pandas DataFrame
-    with a last row ``all``. ``true`` may be None (no precision then)."""
-    import pandas as pd
-
-    from .selection import class_balanced_quota, select_easy, select_gmm
-
-    omega_t = torch.as_tensor(_np(omega)).float()
-    given_t = torch.as_tensor(_np(given)).long()
-    easy = select_easy(omega_t, given_t, num_classes, p).numpy()
-    gmm = select_gmm(omega_t, gmm_threshold).numpy()
-    quota = class_balanced_quota(given_t, num_classes, p).numpy()
-    g = given_t.numpy()
-    right = (g == _np(true)) if true is not None else None
-    names = _names(class_names, num_classes)
-    rows = []
-
-    def prec(mask):
-        return float(right[mask].mean()) if right is not None and mask.any() else float("nan")
-
-    for j in range(num_classes):
-        cj = g == j
-        rows.append({"class": names[j], "N_j": int(cj.sum()), "M_j (Eq. 1)": int(quota[j]),
-                     "easy": int((easy & cj).sum()), "easy precision": prec(easy & cj),
-                     "GMM>thr": int((gmm & cj).sum()), "GMM precision": prec(gmm & cj)})
-    rows.append({"class": "all", "N_j": len(g), "M_j (Eq. 1)": int(quota.sum()), "easy": int(easy.sum()),
-                 "easy precision": prec(easy), "GMM>thr": int(gmm.sum()), "GMM precision": prec(gmm)})
-    return pd.DataFrame(rows)
-
-
 def plot_class_balance(table, title: str | None = None, path_stem=None):
     """Bars of the per-class size of the Eq. 1 easy subset and of the GMM subset
     (from :func:`easy_selection_table`), with the quota M_j as a line."""
@@ -410,21 +335,6 @@ def plot_class_balance(table, title: str | None = None, path_stem=None):
 
 
 # =============================================================== §3.2 and §3.3
-def anchor_parent_similarity(anchors: dict, feats) -> dict:
-    """cos(s_a, s_u) and cos(s_a, s_v) of every anchor of ``anchors`` (the dict of
-    :class:`hallnll.train.RunResult`: anchors, labels, parents, easy_index) with the
-    features ``feats`` [N, d] the anchors were made from."""
-    import torch.nn.functional as F
-
-    a = torch.as_tensor(anchors["anchors"]).float().cpu()
-    par = torch.as_tensor(anchors["parents"]).long().cpu()
-    easy_index = torch.as_tensor(anchors["easy_index"]).long().cpu()
-    f = torch.as_tensor(_np(feats)).float()
-    su, sv = f[easy_index[par[:, 0]]], f[easy_index[par[:, 1]]]
-    return {"cos_u": F.cosine_similarity(a, su, dim=1).numpy(), "cos_v": F.cosine_similarity(a, sv, dim=1).numpy(),
-            "cos_uv": F.cosine_similarity(su, sv, dim=1).numpy()}
-
-
 def plot_anchor_similarity(sims: dict, lambda_p: float | None = None, bins: int = 40, ax=None,
                            title: str | None = None, path_stem=None):
     """Histograms of cos(s_a, s_u), cos(s_a, s_v) and, for reference, cos(s_u, s_v)."""
@@ -450,43 +360,6 @@ def plot_anchor_similarity(sims: dict, lambda_p: float | None = None, bins: int 
         return _finish(fig, path_stem) if own else fig
 
 
-def hard_selection_sweep(feats, easy_mask, anchors, anchor_labels, given, true, num_classes: int,
-                         lambdas: Sequence[float], k: int = 3):
-    """§3.3 at several thresholds lambda_conf on the same features and anchors.
-
-    Per threshold: |clean-hard|, its share of the hard subset, the precision
-    of the corrected labels and of the given labels on the clean-hard subset,
-    the number of changed labels, of wrong labels fixed and of right labels
-    broken. ``true`` may be None (counts only). Returns a pandas DataFrame.
-    """
-    import pandas as pd
-
-    from .selection import select_hard
-
-    f = torch.as_tensor(_np(feats)).float()
-    easy = torch.as_tensor(_np(easy_mask)).bool()
-    hard_idx = (~easy).nonzero().squeeze(1)
-    g = torch.as_tensor(_np(given)).long()
-    t = torch.as_tensor(_np(true)).long() if true is not None else None
-    a = torch.as_tensor(_np(anchors)).float()
-    al = torch.as_tensor(_np(anchor_labels)).long()
-    rows = []
-    for lam in lambdas:
-        hs = select_hard(a, al, f[hard_idx], num_classes, float(lam), k)
-        ch = hard_idx[hs.clean]
-        corr = hs.corrected[hs.clean]
-        row = {"lambda_conf": float(lam), "clean-hard": int(len(ch)),
-               "share of hard": len(ch) / max(len(hard_idx), 1),
-               "changed": int((corr != g[ch]).sum())}
-        if t is not None:
-            row.update({"precision (corrected)": float((corr == t[ch]).float().mean()) if len(ch) else float("nan"),
-                        "precision (given)": float((g[ch] == t[ch]).float().mean()) if len(ch) else float("nan"),
-                        "fixed": int(((g[ch] != t[ch]) & (corr == t[ch])).sum()),
-                        "broken": int(((g[ch] == t[ch]) & (corr != t[ch])).sum())})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def plot_sweep(df, x: str, ys: Sequence[str], percent: Sequence[str] = (), title: str | None = None,
                xlabel: str | None = None, path_stem=None):
     """One small panel per column of ``ys`` against ``x`` (columns in ``percent`` shown x100)."""
@@ -505,19 +378,6 @@ def plot_sweep(df, x: str, ys: Sequence[str], percent: Sequence[str] = (), title
 
 
 # =============================================================== Fig. 4: t-SNE
-def tsne_embed(x, seed: int = 0, perplexity: float = 30.0, n_iter: int = 500, n_jobs: int = 1) -> np.ndarray:
-    """2-D openTSNE embedding of the rows of ``x`` after L2 normalisation
-    (so Euclidean distance ranks pairs as the method's cosine similarity does)."""
-    from openTSNE import TSNE
-
-    a = _np(x).astype(np.float32)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    perp = float(max(2.0, min(perplexity, (len(a) - 1) / 3.0)))
-    emb = TSNE(n_components=2, perplexity=perp, n_iter=n_iter, random_state=seed, n_jobs=n_jobs,
-               initialization="pca", verbose=False).fit(a)
-    return np.asarray(emb)
-
-
 def _cap_per_class(labels: np.ndarray, cap: int, rng) -> np.ndarray:
     keep = []
     for c in np.unique(labels):
@@ -578,87 +438,6 @@ def plot_tsne(features, labels, anchors, anchor_labels, n_real: int = 500, m_anc
 
 
 # =============================================================== Fig. 5: anchors, parents, nearest images
-def anchor_examples(feats, anchors: dict, given, true=None, pool_mask=None, n: int = 8,
-                    min_similarity: float | None = None, prefer_corrections: bool = True) -> list:
-    """Pick ``n`` anchors for Fig. 5 and find the real image nearest to each.
-
-    ``anchors`` is S_hal as a dict (anchors, labels, parents, easy_index);
-    ``feats`` [N, d] the features of the training images in the same feature
-    space. The nearest image is searched by cosine similarity among
-    ``pool_mask`` (default: every training image that is not easy, i.e. the
-    hard subset S_h, as §3.3 does; the parents are always excluded).
-    Anchors with ``similarity >= min_similarity`` (the valid ones) are
-    preferred, one per nearest image, most similar first; with
-    ``prefer_corrections`` about half are anchors whose label differs from
-    the nearest image's given label (a correction, as in Fig. 5's fifth
-    column). Returns a list of dicts.
-    """
-    f = torch.as_tensor(_np(feats)).float()
-    a = torch.as_tensor(anchors["anchors"]).float().cpu()
-    al = torch.as_tensor(anchors["labels"]).long().cpu()
-    par = torch.as_tensor(anchors["parents"]).long().cpu()
-    easy_index = torch.as_tensor(anchors["easy_index"]).long().cpu()
-    g = _np(given).astype(int)
-    t = _np(true).astype(int) if true is not None else None
-    n_all = len(f)
-    if pool_mask is None:
-        pool = torch.ones(n_all, dtype=torch.bool)
-        pool[easy_index] = False
-    else:
-        pool = torch.as_tensor(_np(pool_mask)).bool().clone()
-    pool_idx = pool.nonzero().squeeze(1)
-    if len(pool_idx) == 0 or len(a) == 0:
-        return []
-    near, sim = _nearest_excluding_parents(a, f, pool_idx, easy_index[par])
-    order = torch.argsort(sim, descending=True).tolist()
-    if min_similarity is not None:
-        valid = [i for i in order if float(sim[i]) >= min_similarity]
-        if len(valid) >= n:
-            order = valid + [i for i in order if float(sim[i]) < min_similarity]
-    seen, corr, conf = set(), [], []
-    for i in order:
-        j = int(near[i])
-        if j in seen:
-            continue
-        seen.add(j)
-        (corr if int(al[i]) != g[j] else conf).append(i)
-        if len(corr) >= n and len(conf) >= n:
-            break
-    if prefer_corrections:
-        n_corr = min(len(corr), max(n // 2, n - len(conf)))
-        chosen = corr[:n_corr] + conf[:n - n_corr]
-    else:
-        chosen = sorted(corr + conf, key=lambda i: -float(sim[i]))[:n]
-    out = []
-    for i in chosen:
-        u, v = int(easy_index[par[i, 0]]), int(easy_index[par[i, 1]])
-        j = int(near[i])
-        out.append({"anchor": i, "label": int(al[i]), "u": u, "v": v, "label_u": int(g[u]), "label_v": int(g[v]),
-                    "nearest": j, "similarity": float(sim[i]), "given_nearest": int(g[j]),
-                    "true_nearest": int(t[j]) if t is not None else None,
-                    "true_u": int(t[u]) if t is not None else None, "true_v": int(t[v]) if t is not None else None})
-    return out
-
-
-def _nearest_excluding_parents(anchors, feats, pool_idx, parents, chunk: int = 2048):
-    """Nearest pool sample (cosine) of every anchor that is not one of its own two parents."""
-    import torch.nn.functional as F
-
-    a = F.normalize(anchors.float(), dim=1)
-    h = F.normalize(feats[pool_idx].float(), dim=1)
-    k = min(3, len(pool_idx))
-    near, sims = [], []
-    for s in range(0, len(a), chunk):
-        v, i = (a[s:s + chunk] @ h.T).topk(k, dim=1)
-        cand = pool_idx[i]  # [b, k] training indices
-        par = parents[s:s + chunk]
-        ok = (cand != par[:, :1]) & (cand != par[:, 1:2])
-        first = torch.where(ok.any(1), ok.float().argmax(1), torch.zeros(len(ok), dtype=torch.long))
-        near.append(cand.gather(1, first[:, None]).squeeze(1))
-        sims.append(v.gather(1, first[:, None]).squeeze(1))
-    return torch.cat(near), torch.cat(sims)
-
-
 def plot_anchor_examples(images, examples: list, class_names=None, title: str | None = None, cmap: str = "gray_r",
                          path_stem=None):
     """Fig. 5: per column one anchor; rows: the easy parents s_u and s_v, and the real
@@ -692,33 +471,6 @@ def plot_anchor_examples(images, examples: list, class_names=None, title: str | 
 
 
 # =============================================================== Fig. 7: hard examples
-def hard_examples(given, corrected, subset, true=None, which: str = "clean-hard", n: int = 16, seed: int = 0,
-                  changed_first: bool = True) -> np.ndarray:
-    """Indices of ``n`` hard samples for Fig. 7.
-
-    ``subset`` holds the codes of :func:`hallnll.train.label_report`
-    (0 easy, 1 clean-hard, 2 unlabeled / noisy hard) or their names;
-    ``which`` is ``clean-hard``, ``unlabeled`` or ``hard`` (both). With
-    ``changed_first`` samples whose corrected label differs from the given
-    one come first. Random order within each group (``seed``).
-    """
-    from .reporting import SUBSETS
-
-    s = _np(subset)
-    if s.dtype.kind in "US":
-        s = np.array([SUBSETS.index(x) for x in s])
-    want = {"clean-hard": (1,), "unlabeled": (2,), "hard": (1, 2)}
-    if which not in want:
-        raise ValueError(f"which={which!r}: use clean-hard, unlabeled or hard")
-    pool = np.nonzero(np.isin(s, want[which]))[0]
-    rng = np.random.default_rng(seed)
-    pool = rng.permutation(pool)
-    if changed_first:
-        changed = _np(corrected)[pool] != _np(given)[pool]
-        pool = np.concatenate([pool[changed], pool[~changed]])
-    return pool[:n]
-
-
 def plot_hard_examples(images, indices, given, corrected, true=None, class_names=None, ncols: int = 8,
                        title: str | None = None, path_stem=None):
     """Fig. 7: hard samples titled ``given -> corrected`` (or the label when unchanged);
@@ -768,6 +520,47 @@ def plot_history(history: list, keys: Sequence[str], labels: Sequence[str] | Non
         return _finish(fig, path_stem) if own else fig
 
 
+def plot_training(histories: dict, path_stem=None, title: str = "", ax=None):
+    """Test accuracy per epoch of one or more runs: ``{label: history}`` (metrics.jsonl rows)."""
+    plt = _plt()
+    with plt.rc_context(STYLE):
+        own = ax is None
+        fig, ax = plt.subplots(figsize=(5.5, 3.4)) if own else (ax.figure, ax)
+        for label, hist in histories.items():
+            ax.plot([r["epoch"] for r in hist], [100 * r["test_acc"] for r in hist], label=label, lw=1.6)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(frameon=False)
+        if title:
+            ax.set_title(title)
+        return _finish(fig, path_stem) if own else fig
+
+
+def plot_correction(history: list, path_stem=None, title: str = ""):
+    """Fig. 6: (a) the noise rate of the training labels (after correction) and of the
+    labeled set, (b) the accuracy of the corrected labels (clean-hard samples), per epoch."""
+    plt = _plt()
+    rows = [r for r in history if r.get("label_noise_rate") is not None]
+    ep = [r["epoch"] for r in rows]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+        axes[0].plot(ep, [100 * r["label_noise_rate"] for r in rows], color="C3", label="training set")
+        axes[0].plot(ep, [100 * r["labeled_noise_rate"] for r in rows], color="C1", ls="--", label="labeled set")
+        axes[0].set_ylabel("noise rate (%)")
+        axes[0].set_title("(a) noise rate")
+        axes[0].legend(frameon=False)
+        acc = [(r["epoch"], 100 * r["precision_clean_hard"]) for r in rows if r.get("precision_clean_hard") is not None]
+        if acc:
+            axes[1].plot(*zip(*acc), color="C2")
+        axes[1].set_ylabel("corrected-label accuracy (%)")
+        axes[1].set_title("(b) correction accuracy")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+        if title:
+            fig.suptitle(title)
+        return _finish(fig, path_stem)
+
+
 def plot_table_comparison(rows, title: str | None = None, path_stem=None):
     """Ours (mean ± std over seeds) beside the paper's number for each cell of a table.
 
@@ -797,65 +590,3 @@ def plot_table_comparison(rows, title: str | None = None, path_stem=None):
             ax.set_title(title)
         return _finish(fig, path_stem)
 
-
-# =============================================================== analysis helpers
-def run_features(model, data, cfg=None, which: str = "train"):
-    """Logits ``[N, C]`` and features ``[N, d]`` (CPU, fp32) of the un-augmented
-    ``train`` or ``test`` images of ``data`` under ``model`` (eval mode)."""
-    from .data import DeviceImages
-    from .engine import predict
-
-    dev = next(model.parameters()).device
-    x = data.x_train if which == "train" else data.x_test
-    bs = cfg.eval_batch_size if cfg is not None else 1024
-    bf16 = bool(cfg.bf16) if cfg is not None else False
-    logits, feats = predict(model, DeviceImages(x, data.mean, data.std, dev), bs, bf16)
-    return logits.cpu(), feats.cpu()
-
-
-class _NoTimer:
-    def lap(self, name):
-        pass
-
-
-def selection_snapshot(result, data, noisy, cfg, hallucinator: str = "checkpoint", phases: int = 1) -> dict:
-    """Steps 1-3 of Alg. 1 once more on the final model of a run, all in one feature space.
-
-    ``result`` is a :class:`hallnll.train.RunResult`. The hallucinator starts
-    from the run's trained h_phi (``checkpoint.pt`` in ``result.out_dir``) when
-    ``hallucinator="checkpoint"`` and that file exists, else from a fresh one;
-    it then runs ``phases`` hallucinator phases of Eq. 2 (the anchors of the
-    last are S_hal). Uses :func:`hallnll.train.select_epoch` with
-    ``variant=hallnll`` (the run's own variant is ignored here).
-
-    Returns CPU tensors: ``feats``, ``logits``, ``omega``, ``easy_mask``,
-    ``clean_hard_mask``, ``train_labels`` (corrected), ``given``, ``true``
-    (None when unknown), ``anchors`` (dict: anchors, labels, parents,
-    easy_index), ``hal_loss``, and ``hallucinator_source``.
-    """
-    from .data import DeviceImages
-    from .train import make_hallucinator, select_epoch
-
-    model = result.model
-    dev = next(model.parameters()).device
-    c = data.num_classes
-    scfg = cfg.replace(variant="hallnll")
-    hal, hal_opt = make_hallucinator(cfg, model.feature_dim, dev)
-    source = "fresh"
-    ck = Path(result.out_dir) / "checkpoint.pt" if getattr(result, "out_dir", None) else None
-    if hallucinator == "checkpoint" and ck is not None and ck.is_file():
-        state = torch.load(ck, map_location=dev, weights_only=False)
-        hal.load_state_dict(state["hal"])
-        source = str(ck)
-    train_x = DeviceImages(data.x_train, data.mean, data.std, dev)
-    given = torch.as_tensor(noisy).long().to(dev)
-    gen = torch.Generator(dev).manual_seed(cfg.seed)
-    sel = None
-    for _ in range(max(1, phases)):
-        sel = select_epoch(model, hal, hal_opt, train_x, given, c, scfg, gen, _NoTimer())
-    logits, feats = run_features(model, data, cfg)
-    anchors = {k: v.detach().cpu() for k, v in sel["anchors"].items()}
-    return {"feats": feats, "logits": logits, "omega": sel["omega"].cpu(), "easy_mask": sel["easy_mask"].cpu(),
-            "clean_hard_mask": sel["clean_hard_mask"].cpu(), "train_labels": sel["train_labels"].cpu(),
-            "given": given.cpu(), "true": data.y_train.cpu() if data.train_labels_known else None,
-            "anchors": anchors, "hal_loss": float(sel["hal_loss"]), "hallucinator_source": source}

@@ -5,7 +5,8 @@
 - ``labels.csv``: the label-issue report, one row per training sample:
   ``index, given_label, corrected_label, easiness, selected_as_clean, subset,
   predicted_label`` and ``true_label`` when the clean labels are known.
-- figures: training curves, noise-rate / correction curves (Fig. 6).
+
+(The plots of these files are in :mod:`hallnll.figures`.)
 
 All writes are atomic (temporary file, then rename), so an interrupted run
 never leaves a half-written file.
@@ -128,66 +129,3 @@ def write_labels_csv(path, given, corrected, easiness, subset_codes, predicted, 
 def read_labels_csv(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-# ---------------------------------------------------------------- figures
-def _save(fig, path_stem) -> list[str]:
-    path_stem = Path(path_stem)
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for ext in (".png", ".pdf"):
-        p = str(path_stem) + ext
-        fig.savefig(p, dpi=200, bbox_inches="tight")
-        out.append(p)
-    return out
-
-
-def plot_training(histories: dict, path_stem=None, title: str = ""):
-    """Test accuracy per epoch for one or more runs: ``{label: history}``.
-
-    Returns the figure; with ``path_stem`` also writes PNG and PDF.
-    """
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for label, hist in histories.items():
-        ep = [r["epoch"] for r in hist]
-        ax.plot(ep, [100 * r["test_acc"] for r in hist], label=label, lw=1.6)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    if path_stem is not None:
-        _save(fig, path_stem)
-    return fig
-
-
-def plot_correction(history: list, path_stem=None, title: str = ""):
-    """Fig. 6: (a) overall label noise rate and (b) corrected-label accuracy per epoch."""
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in history if r.get("label_noise_rate") is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    ep = [r["epoch"] for r in rows]
-    axes[0].plot(ep, [100 * r["label_noise_rate"] for r in rows], color="C3", label="training set")
-    axes[0].plot(ep, [100 * r["labeled_noise_rate"] for r in rows], color="C1", ls="--", label="labeled set")
-    axes[0].set_ylabel("noise rate (%)")
-    axes[0].set_title("(a) noise rate")
-    axes[0].legend(frameon=False)
-    acc = [(r["epoch"], 100 * r["precision_clean_hard"]) for r in rows if r.get("precision_clean_hard") is not None]
-    if acc:
-        axes[1].plot(*zip(*acc), color="C2")
-    axes[1].set_ylabel("corrected-label accuracy (%)")
-    axes[1].set_title("(b) correction accuracy")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if path_stem is not None:
-        _save(fig, path_stem)
-    return fig

@@ -39,11 +39,36 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels, reduction="none")
 
 
-def easiness(losses: torch.Tensor, max_iter: int = 10, seed: int = 0) -> torch.Tensor:
-    """omega_n: posterior of the low-mean component of a 2-GMM on the losses.
+@dataclass
+class LossGMM:
+    """The 2-component GMM of §3.1 fitted to one epoch's per-sample losses.
+
+    ``losses`` are the min-max normalised losses the GMM saw (float64 [N]);
+    ``means``/``stds``/``weights`` its two components, ``clean`` the index of
+    the one with the smaller mean, ``easiness`` omega_n (float32 [N]).
+    """
+
+    losses: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    weights: np.ndarray
+    clean: int
+    easiness: np.ndarray
+
+    def omega(self, device=None) -> torch.Tensor:
+        """omega_n as a float32 tensor (on ``device``)."""
+        return torch.from_numpy(self.easiness).to(device)
+
+    def density(self, x: np.ndarray, k: int) -> np.ndarray:
+        """Weighted density ``w_k N(x; mu_k, sigma_k)`` of component ``k`` (for plots)."""
+        return self.weights[k] * np.exp(-0.5 * ((x - self.means[k]) / self.stds[k]) ** 2) / (self.stds[k] * math.sqrt(2 * math.pi))
+
+
+def fit_loss_gmm(losses: torch.Tensor, max_iter: int = 10, seed: int = 0) -> LossGMM:
+    """Fit the GMM of §3.1 to the per-sample losses (see the module docstring).
 
     Runs scikit-learn's GaussianMixture on the host (one transfer of N floats
-    per epoch); returns a float32 tensor on the device of ``losses``.
+    per epoch).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
@@ -55,8 +80,16 @@ def easiness(losses: torch.Tensor, max_iter: int = 10, seed: int = 0) -> torch.T
     with warnings.catch_warnings():  # DivideMix's 10 EM steps often stop short of convergence, by design
         warnings.simplefilter("ignore", ConvergenceWarning)
         gmm.fit(x)
-    prob = gmm.predict_proba(x)[:, int(np.argmin(gmm.means_.ravel()))]
-    return torch.from_numpy(prob.astype(np.float32)).to(losses.device)
+    clean = int(np.argmin(gmm.means_.ravel()))
+    prob = gmm.predict_proba(x)[:, clean]
+    return LossGMM(x.ravel(), gmm.means_.ravel(), np.sqrt(gmm.covariances_.reshape(-1)), gmm.weights_.ravel(),
+                   clean, prob.astype(np.float32))
+
+
+def easiness(losses: torch.Tensor, max_iter: int = 10, seed: int = 0) -> torch.Tensor:
+    """omega_n: posterior of the low-mean component of a 2-GMM on the losses,
+    a float32 tensor on the device of ``losses``."""
+    return fit_loss_gmm(losses, max_iter, seed).omega(losses.device)
 
 
 def class_balanced_quota(labels: torch.Tensor, num_classes: int, p: float) -> torch.Tensor:

@@ -1,0 +1,370 @@
+"""One training run of Alg. 1, its epoch as the paper's steps.
+
+A :class:`Run` holds everything a run keeps on the device (images, model
+f_theta/g_rho, hallucinator h_phi, optimisers, random generators) and its
+progress (epochs done, metrics history, the last selection). Each step of
+Alg. 1 is one public method, timed under its own name by :attr:`Run.timer`:
+
+==================  ================================  ==============================
+method              Alg. 1 / paper                    returns
+==================  ================================  ==============================
+``warmup_epoch``    lines 2-3, cross-entropy          mean loss (device tensor)
+``easiness``        line 6, §3.1: predict pass,       :class:`Easiness` (logits,
+                    per-sample loss, GMM -> omega     features, losses, GMM, omega)
+``select_easy``     line 7, Eq. 1 (or DivideMix's     :class:`Selection` with the
+                    threshold for ``gmm``)            easy subset labeled
+``hallucinate``     lines 8-15, Eq. 2                 S_hal (HallucinationResult)
+``select_hard``     lines 17-19, §3.3                 :class:`Selection` with the
+                                                      clean-hard subset added
+``ssl_epoch``       lines 20-23, Eq. 3 (MixMatch)     losses (device tensors)
+``evaluate``        test accuracy                     device tensor
+==================  ================================  ==============================
+
+:meth:`Run.select` (lines 5-19) and :meth:`Run.epoch` compose them for the
+current epoch and ``cfg.variant`` (``ce``: cross-entropy throughout;
+``gmm``/``easy``: no hallucination, no hard samples; ``hallnll``: the full
+method); :meth:`Run.epoch` builds the epoch's metrics row, in one place. :meth:`Run.state_dict` / :meth:`Run.load_state_dict` hold all that
+is needed to continue a run bit for bit; :func:`hallnll.train.fit` is a loop
+over :meth:`Run.epoch` with checkpoints and outputs, and ``hallnll bench``,
+the figures and the notebooks call the same steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import engine, reporting, selection, ssl
+from .config import Config
+from .data import DeviceImages, ImageData
+from .hallucination import HallucinationResult, Hallucinator, hallucinate
+from .models import build_model
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message names epoch and phase."""
+
+
+class Timer:
+    """Seconds spent per named phase; on CUDA the device is synchronised at the
+    start and end of each phase (only there), so a phase's time is its own.
+
+        timer = Timer(device)
+        with timer.phase("ssl"):
+            ...
+        timer.seconds  # {"ssl": 1.23}
+    """
+
+    def __init__(self, device=None):
+        self.device = torch.device(device) if device is not None else None
+        self.seconds: dict = {}
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        self._sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def reset(self) -> None:
+        self.seconds = {}
+
+
+@dataclass
+class Easiness:
+    """Alg. 1 line 6 on the current model: one un-augmented pass over the training set."""
+
+    logits: torch.Tensor  # [N, C]
+    feats: torch.Tensor  # [N, d] f_theta(x_n), the feature space of S_e, S_h and S_hal
+    losses: torch.Tensor  # [N] cross-entropy against the given labels
+    gmm: selection.LossGMM  # the fitted GMM (densities for plots)
+    omega: torch.Tensor  # [N] easiness, on the device
+
+
+@dataclass
+class Selection:
+    """The labeled set of an epoch over the training set (Alg. 1 lines 7, 17-19).
+
+    ``train_labels`` are the given labels, corrected on the clean-hard samples;
+    ``weights`` the label-refinement weight w of Eq. 3's targets (omega for easy
+    samples, ``clean_hard_weight`` or the voters' similarity for clean-hard
+    ones). ``hard`` is the §3.3 result over S_h (positions in ``hard_index``).
+    """
+
+    omega: torch.Tensor
+    easy_mask: torch.Tensor
+    clean_hard_mask: torch.Tensor
+    train_labels: torch.Tensor
+    weights: torch.Tensor
+    hard: Optional[selection.HardSelection] = None
+
+    @property
+    def labeled_mask(self) -> torch.Tensor:
+        return self.easy_mask | self.clean_hard_mask
+
+    @property
+    def hard_index(self) -> torch.Tensor:
+        return (~self.easy_mask).nonzero().squeeze(1)
+
+    def state(self) -> dict:
+        """What the label report needs of it, on the CPU."""
+        return {"omega": self.omega.cpu(), "easy_mask": self.easy_mask.cpu(),
+                "clean_hard_mask": self.clean_hard_mask.cpu(), "train_labels": self.train_labels.cpu()}
+
+
+def anchor_set(hal: HallucinationResult, sel: Selection) -> dict:
+    """S_hal as a dict: ``anchors``, ``labels``, ``parents`` (positions in the easy
+    set) and ``easy_index`` (training indices of the easy set)."""
+    return {"anchors": hal.anchors, "labels": hal.labels, "parents": hal.parents,
+            "easy_index": sel.easy_mask.nonzero().squeeze(1)}
+
+
+class Run:
+    """The state of one training run of ``cfg`` on ``data`` with the noisy labels ``noisy``.
+
+    Built seeded from ``cfg.seed`` (model and hallucinator initialised under
+    ``torch.random.fork_rng``, so the caller's global RNG is left alone; a
+    device generator for batches and augmentation; a numpy generator for
+    mixup). ``noisy`` must already be checked (see :func:`hallnll.train.prepare`).
+    """
+
+    def __init__(self, cfg: Config, data: ImageData, noisy: torch.Tensor, device=None):
+        dev = engine.resolve_device(cfg.device) if device is None else torch.device(device)
+        cl = cfg.channels_last and dev.type == "cuda"
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained).to(dev)
+            self.hal = Hallucinator(model.feature_dim, cfg.hal_hidden, cfg.hal_out_relu).to(dev)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
+        self.train_x = DeviceImages(data.x_train, data.mean, data.std, dev, cl)
+        self.test_x = DeviceImages(data.x_test, data.mean, data.std, dev, cl)
+        self.given = noisy.to(dev)
+        self.true = data.y_train.to(dev) if data.train_labels_known else None
+        self.y_test = data.y_test.to(dev)
+        self.model = model
+        self.train_model = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
+        self.opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+        # h_phi's optimiser: SGD with the model's momentum and weight decay, lr hal_lr or lr
+        self.hal_opt = engine.make_optimizer(self.hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.gen = torch.Generator(dev).manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.timer = Timer(dev)
+        self.epochs_done = 0  # the 0-based index of the next epoch
+        self.history: list = []  # one metrics row per epoch done
+        self.last: dict = {}  # Selection.state() of the last SSL epoch (the label report's source)
+        self.last_anchors: Optional[dict] = None  # S_hal of the last epoch run in this process (anchor_set)
+
+    # ------------------------------------------------------------ the steps of Alg. 1
+    def warmup_epoch(self) -> torch.Tensor:
+        """Alg. 1 lines 2-3: one cross-entropy epoch on the given labels; the mean loss."""
+        cfg = self.cfg
+        with self.timer.phase("warmup"):
+            return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
+                                   cfg.crop_padding, cfg.hflip, cfg.bf16)
+
+    def easiness(self) -> Easiness:
+        """Alg. 1 line 6 (§3.1): logits and features of the training images, the
+        per-sample losses against the given labels, their GMM and omega."""
+        cfg = self.cfg
+        with self.timer.phase("easiness"):
+            logits, feats = engine.predict(self.model, self.train_x, cfg.eval_batch_size, cfg.bf16)
+            losses = selection.per_sample_loss(logits, self.given)
+            gmm = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed)
+            return Easiness(logits, feats, losses, gmm, gmm.omega(losses.device))
+
+    def select_easy(self, omega: torch.Tensor) -> Selection:
+        """Alg. 1 line 7: the easy subset S_e, class-balanced by Eq. 1 (DivideMix's
+        ``omega > gmm_threshold`` for variant ``gmm`` or ``easy_selection=gmm``)."""
+        cfg = self.cfg
+        with self.timer.phase("select_easy"):
+            if cfg.variant == "gmm" or cfg.easy_selection == "gmm":
+                easy = selection.select_gmm(omega, cfg.gmm_threshold)
+            else:
+                easy = selection.select_easy(omega, self.given, self.num_classes, cfg.p)
+            return Selection(omega, easy, torch.zeros_like(easy), self.given.clone(), omega.clone())
+
+    def hallucinate(self, feats: torch.Tensor, sel: Selection) -> HallucinationResult:
+        """Alg. 1 lines 8-15 (Eq. 2): I_max updates of h_phi on the easy features
+        (f_theta, g_rho frozen); every anchor made is kept in S_hal."""
+        cfg = self.cfg
+        with self.timer.phase("hallucinate"):
+            easy_idx = sel.easy_mask.nonzero().squeeze(1)
+            batch = cfg.hal_batch_size or cfg.batch_size
+            iters = cfg.hal_iters or engine.num_iters(len(self.given), batch)
+            return hallucinate(self.hal, self.hal_opt, self.model.classifier, feats[easy_idx], self.given[easy_idx],
+                               self.num_classes, iters, batch, cfg.lambda_p, self.gen)
+
+    def select_hard(self, feats: torch.Tensor, sel: Selection, hal: HallucinationResult,
+                    lambda_conf: float | None = None) -> Selection:
+        """Alg. 1 lines 17-19 (§3.3): the clean-hard samples of S_h, relabelled by
+        the K-vote of their valid anchors, join the labeled set.
+
+        ``lambda_conf`` overrides ``cfg.lambda_conf`` (for sweeps); ``sel`` is
+        left as it was.
+        """
+        cfg = self.cfg
+        with self.timer.phase("select_hard"):
+            hard_idx = sel.hard_index
+            clean_hard, labels, weights = sel.clean_hard_mask.clone(), sel.train_labels.clone(), sel.weights.clone()
+            hs = None
+            if len(hard_idx):
+                hs = selection.select_hard(hal.anchors, hal.labels, feats[hard_idx], self.num_classes,
+                                           cfg.lambda_conf if lambda_conf is None else lambda_conf, cfg.k)
+                ch = hard_idx[hs.clean]
+                clean_hard[ch] = True
+                labels[ch] = hs.corrected[hs.clean]
+                conf = hs.confidence[hs.clean]
+                weights[ch] = conf if cfg.clean_hard_weight < 0 else torch.full_like(conf, cfg.clean_hard_weight)
+            return Selection(sel.omega, sel.easy_mask, clean_hard, labels, weights, hs)
+
+    def ssl_epoch(self, sel: Selection) -> dict:
+        """Alg. 1 lines 20-23 (Eq. 3): one MixMatch pass over the labeled set of ``sel``,
+        the rest unlabeled. Returns the mean losses (device tensors)."""
+        cfg = self.cfg
+        with self.timer.phase("ssl"):
+            labeled = sel.labeled_mask
+            lab_idx = labeled.nonzero().squeeze(1)
+            unl_idx = (~labeled).nonzero().squeeze(1)
+            iters = engine.num_iters(len(lab_idx), cfg.batch_size)
+            return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
+                                 sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
+                                 self.rng, iters)
+
+    def evaluate(self) -> torch.Tensor:
+        """Top-1 accuracy on the test set (a device tensor)."""
+        with self.timer.phase("eval"):
+            return engine.accuracy(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size, self.cfg.bf16)
+
+    # ------------------------------------------------------------ one epoch
+    def select(self) -> tuple:
+        """Alg. 1 lines 5-19 for ``cfg.variant``: the labeled set of the next SSL epoch.
+
+        Returns ``(Easiness, Selection, S_hal)``; S_hal (and the clean-hard
+        subset) only for ``hallnll``, else None.
+        """
+        ez = self.easiness()
+        sel = self.select_easy(ez.omega)
+        hal = None
+        if self.cfg.variant == "hallnll":
+            hal = self.hallucinate(ez.feats, sel)
+            sel = self.select_hard(ez.feats, sel, hal)
+        return ez, sel, hal
+
+    @property
+    def in_warmup(self) -> bool:
+        """Whether the next epoch is a cross-entropy one (warm-up, or variant ``ce``)."""
+        return self.cfg.variant == "ce" or self.epochs_done < self.cfg.warmup_epochs
+
+    def epoch(self) -> dict:
+        """Run the next epoch of Alg. 1 for ``cfg.variant``; append its metrics row
+        to :attr:`history` and return it. Raises :class:`TrainingError` on a
+        non-finite loss (the run's state is then not to be saved)."""
+        cfg, t = self.cfg, self.epochs_done
+        self.timer.reset()
+        lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
+        engine.set_lr(self.opt, lr)
+        engine.set_lr(self.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
+        # the metrics row: every key of metrics.jsonl is set here
+        row: dict = {"epoch": t + 1, "lr": lr}
+        if self.in_warmup:
+            row["phase"] = "ce" if cfg.variant == "ce" else "warmup"
+            row["train_loss"] = float(self.warmup_epoch())
+            self._check_finite(row["train_loss"], row["phase"])
+        else:
+            row["phase"] = "ssl"
+            _, sel, hal = self.select()
+            losses = self.ssl_epoch(sel)
+            row.update({k: float(v) for k, v in losses.items()})
+            row["train_loss"] = row.pop("loss")
+            if hal is not None:
+                row.update(hal_loss=float(hal.loss), hal_closeness=float(hal.closeness), hal_ce=float(hal.ce))
+                self._check_finite(row["hal_loss"], "hallucination")
+            self._check_finite(row["train_loss"], "ssl")
+            row.update(reporting.selection_metrics(self.true, self.given, sel.labeled_mask, sel.easy_mask,
+                                                   sel.clean_hard_mask, sel.train_labels))
+            self.last = sel.state()
+            self.last_anchors = anchor_set(hal, sel) if hal is not None else None
+        row["test_acc"] = float(self.evaluate())
+        row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
+        self.history.append(row)
+        self.epochs_done = t + 1
+        return row
+
+    def _check_finite(self, value: float, phase: str) -> None:
+        if not math.isfinite(value):
+            raise TrainingError(f"loss is {value} at epoch {self.epochs_done + 1} in phase {phase!r}: stopping. "
+                                f"Try a lower lr or bf16=false.")
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run exactly: model, optimisers,
+        hallucinator, generator states, history, epochs done, the last selection
+        (and the noisy labels and config it belongs to)."""
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "hal": self.hal.state_dict(),
+                "hal_opt": self.hal_opt.state_dict(), "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state,
+                "history": self.history, "epoch": self.epochs_done, "noisy": self.given.cpu(), "last": self.last,
+                "config": self.cfg.to_dict()}
+
+    def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
+        """Continue from :meth:`state_dict`; refuses a state made with other noisy labels."""
+        if not torch.equal(state["noisy"].cpu(), self.given.cpu()):
+            raise TrainingError(f"{source} was made with other noisy labels; use another --out or delete it")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.hal.load_state_dict(state["hal"])
+        self.hal_opt.load_state_dict(state["hal_opt"])
+        self.gen.set_state(state["gen"].cpu())
+        self.rng.bit_generator.state = state["rng"]
+        self.history, self.epochs_done, self.last = state["history"], state["epoch"], state.get("last", {})
+
+    def save(self, path) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically."""
+        reporting.atomic_torch_save(self.state_dict(), path)
+
+    def load(self, path) -> None:
+        """Continue from a file written by :meth:`save`."""
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False), str(path))
+
+    # ------------------------------------------------------------ the outcome
+    @torch.no_grad()
+    def label_report(self) -> dict:
+        """Per training sample: given, corrected and predicted label, easiness and
+        subset code (0 easy, 1 clean-hard, 2 unlabeled), as CPU tensors.
+
+        From the last SSL epoch's selection; when there was none (variant ``ce``,
+        or a run still in warm-up) one easiness pass is made with the GMM
+        threshold as the clean/noisy split.
+        """
+        cfg = self.cfg
+        if self.last:
+            logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, cfg.bf16, features=False)
+            omega, easy, ch, train_labels = (self.last[k] for k in ("omega", "easy_mask", "clean_hard_mask",
+                                                                   "train_labels"))
+            labeled = easy | ch
+        else:
+            ez = self.easiness()
+            logits, omega = ez.logits, ez.omega.cpu()
+            easy = selection.select_gmm(omega, cfg.gmm_threshold)
+            ch = torch.zeros_like(easy)
+            labeled, train_labels = easy, self.given.cpu()
+        predicted = logits.argmax(1).cpu()
+        subset = torch.full((len(self.given),), 2, dtype=torch.int64)
+        subset[easy] = 0
+        subset[ch] = 1
+        corrected = torch.where(labeled, train_labels, predicted)
+        return {"given": self.given.cpu(), "corrected": corrected, "easiness": omega.cpu(), "subset": subset,
+                "predicted": predicted}
