@@ -173,6 +173,9 @@ class Config:
             bad("sharpen_t", "must lie in (0, 1]")
         if self.mixup_alpha <= 0:
             bad("mixup_alpha", "must be positive")
+        if self.noise == "classification" and self.cbased_epochs < 1:
+            bad("cbased_epochs", "must be at least 1 for noise=classification: the epochs of the clean-label CNN "
+                                 "(Chen et al. use 20 on CIFAR-10)")
         if self.noise == "file" and not self.noise_file:
             bad("noise_file", "is empty: noise=file needs a CSV with columns label,label_noisy")
         if self.noise == "cifar-n":

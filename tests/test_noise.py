@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hallnll import noise as N
+from hallnll.cli import main as cli_main
 from hallnll.config import Config, ConfigError, load_config
 from hallnll.data import DataError
 
@@ -217,10 +218,11 @@ def test_average_softmax_on_digits(digits, digits_cfg):
 
 
 def test_average_softmax_needs_an_epoch(digits, digits_cfg):
-    with pytest.raises(N.NoiseError, match="cbased_epochs"):
-        N.average_softmax(digits, digits_cfg.replace(cbased_epochs=0), progress=False)
-    with pytest.raises(N.NoiseError, match="cbased_epochs"):
-        N.make_noisy_labels(digits_cfg.replace(cbased_epochs=0), digits, progress=False)
+    # checked once, with the rest of the config (Config.validate), before any noise is made
+    with pytest.raises(ConfigError, match="cbased_epochs"):
+        digits_cfg.replace(cbased_epochs=0)
+    with pytest.raises(ConfigError, match="cbased_epochs"):
+        N.make_noisy_labels(Config(noise="classification", cbased_epochs=0), digits, progress=False)
 
 
 # ---------------------------------------------------------------- report
@@ -343,10 +345,10 @@ def test_make_noisy_labels_refuses_labels_of_another_dataset(digits):
 def test_make_noisy_labels_refuses_bad_settings(digits):
     with pytest.raises(ConfigError, match="noise kind"):
         load_config(overrides=["noise=gaussian"])
-    with pytest.raises(N.NoiseError, match="noise kind"):
-        N.make_noisy_labels(Config(noise="gaussian"), digits)  # unvalidated Config
+    with pytest.raises(ConfigError, match="noise kind"):
+        N.make_noisy_labels(Config(noise="gaussian"), digits)  # unvalidated Config: validated there
     for rate in (-0.1, 1.5, float("nan")):
-        with pytest.raises(N.NoiseError, match=r"\[0, 1\]"):
+        with pytest.raises(ConfigError, match=r"\[0, 1\]"):
             N.make_noisy_labels(Config(noise="symmetric", noise_rate=rate), digits)
         with pytest.raises(N.NoiseError, match=r"\[0, 1\]"):
             N.symmetric(digits.y_train, C, rate, 0)
@@ -359,7 +361,7 @@ def test_make_noisy_labels_refuses_bad_settings(digits):
 # ---------------------------------------------------------------- CLI
 def test_cli_writes_labels_and_report(tmp_path, capsys, digits):
     out = tmp_path / "noisy.csv"
-    rc = N.cli(["--set", "dataset=digits", "--set", "noise=symmetric", "--set", "noise_rate=0.2",
+    rc = cli_main(["noise", "--set", "dataset=digits", "--set", "noise=symmetric", "--set", "noise_rate=0.2",
                 "--set", "noise_seed=5", "--out", str(out), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -379,16 +381,16 @@ def test_cli_writes_labels_and_report(tmp_path, capsys, digits):
 def test_cli_errors_write_nothing(tmp_path, capsys, sets):
     out = tmp_path / "noisy.csv"
     args = [a for s in sets for a in ("--set", s)] + ["--out", str(out), "--no-progress"]
-    assert N.cli(args) == 2
+    assert cli_main(["noise", *args]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert list(tmp_path.iterdir()) == []
     # an existing file is left as it was
     out.write_text("keep\n")
-    assert N.cli(args) == 2
+    assert cli_main(["noise", *args]) == 2
     assert out.read_text() == "keep\n" and list(tmp_path.iterdir()) == [out]
 
 
 def test_cli_missing_params_file(tmp_path, capsys):
-    assert N.cli([str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o.csv")]) == 2
+    assert cli_main(["noise", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o.csv")]) == 2
     assert "not found" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
