@@ -1,6 +1,6 @@
 """``hallnll`` command line (also ``python -m hallnll``).
 
-    hallnll quickstart [--out DIR]            # the embedded default: digits, 40% C-based noise, 4 variants
+    hallnll quickstart [--out DIR] [--figures DIR]   # the embedded default: digits, 40% C-based noise, 4 variants
     hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N]
     hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
     hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list]
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config
 
-QUICKSTART_PARAMS = Path(__file__).resolve().parents[1] / "params" / "digits-quick.yaml"
+QUICKSTART_PARAMS = "digits-quick"  # the shipped params/digits-quick.yaml
 
 
 def _input_errors():
@@ -47,7 +47,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.params, args.set)
     out = Path(args.out)
     if args.seeds > 1 or args.parallel > 1:
-        from .reproduce import run_seeds
+        from .jobs import run_seeds
 
         summaries = run_seeds(args.params, args.set, out, seeds=args.seeds, parallel=args.parallel, resume=not args.no_resume)
         rows = [[s.get("seed"), _fmt(s.get("best_acc")), _fmt(s.get("last_acc")), s.get("epochs"),
@@ -64,14 +64,13 @@ def cmd_train(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """The main job on the embedded default: every variant on digits with 40% C-based noise."""
+    import torch
+
+    from .engine import resolve_device
     from .figures import plot_correction, plot_training
     from .train import fit, prepare
 
     base = load_config(QUICKSTART_PARAMS, args.set)
-    import torch
-
-    from .engine import resolve_device
-
     if resolve_device(base.device).type == "cpu":
         # a CNN on 8x8 images is too small to split across threads: one thread
         # was several times faster than two on the 2-core machines we measured
@@ -92,7 +91,7 @@ def cmd_quickstart(args) -> int:
     print()
     print(_table(rows, ["variant", "best acc %", "last acc %", "easy prec %", "|clean-hard|",
                         "clean-hard prec %", "train-label noise %", "seconds"]))
-    fig_dir = Path(args.figures)
+    fig_dir = Path(args.figures) if args.figures else out
     plot_training(hists, fig_dir / "quickstart_accuracy", title="digits, 40% classification-based noise")
     plot_correction(hists["hallnll"], fig_dir / "quickstart_correction", title="hallnll on digits")
     print(f"\nwrote {fig_dir}/quickstart_accuracy.png, {fig_dir}/quickstart_correction.png and runs under {out}/")
@@ -133,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     q = sub.add_parser("quickstart", help="the embedded default: digits, 40%% C-based noise, ce/gmm/easy/hallnll")
-    q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--figures", default="figures")
+    q.add_argument("--out", default="runs/quickstart", help="run folders and figures (default runs/quickstart)")
+    q.add_argument("--figures", default=None, metavar="DIR",
+                   help="write the two figures here instead of --out (e.g. figures/ to refresh the README's)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     q.add_argument("--no-resume", action="store_true")
     q.add_argument("--no-progress", action="store_true")

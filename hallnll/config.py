@@ -4,7 +4,8 @@ Every field of :class:`Config` is either a column of Table 6 (epochs,
 warm-up, learning rate, momentum, weight decay, batch size, lambda_p, K, P,
 lambda_conf, lambda_mse) or a detail the paper leaves open, with the choice
 we made and why written beside it. A run is described by a YAML file in
-``params/`` plus optional ``--set key=value`` overrides::
+``params/`` (shipped with the package: ``load_config("cifar10-cbased-40")``
+works anywhere) plus optional ``--set key=value`` overrides::
 
     cfg = load_config("params/cifar10-cbased-40.yaml", overrides=["epochs=20"])
 
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .resources import names, params_path
 
 VARIANTS = ("ce", "gmm", "easy", "hallnll")
 DATASETS = ("digits", "cifar10", "cifar100", "folder")
@@ -42,7 +45,7 @@ class Config:
 
     # ---- data -------------------------------------------------------------
     dataset: str = "digits"  # digits | cifar10 | cifar100 | folder
-    data_root: str = "~/.cache/hallnll"  # where cifar-10-batches-py/ lives or is downloaded to
+    data_root: str = ".data"  # where cifar-10-batches-py/ lives or is downloaded to (relative: to the working folder)
     download: bool = True  # torchvision download when the folder is missing (needs network)
     folder_train_csv: str = ""  # dataset=folder: CSV with columns path,label
     folder_test_csv: str = ""  # dataset=folder: optional test CSV (else a split of the train CSV)
@@ -251,12 +254,17 @@ def parse_overrides(overrides) -> dict:
 
 
 def load_config(path=None, overrides=None, **changes) -> Config:
-    """Read a params YAML (or nothing: the defaults), apply overrides, validate."""
+    """Read a params YAML (or nothing: the defaults), apply overrides, validate.
+
+    ``path`` is a YAML file, or the name of a shipped params file
+    (``digits-quick``, ``cifar10-cbased-40``, ...; :mod:`hallnll.resources`).
+    """
     d: dict = {}
     if path is not None:
-        p = Path(path)
+        p = params_path(path)
         if not p.is_file():
-            raise ConfigError(f"config: params file {str(p)!r} not found; see params/ for examples")
+            raise ConfigError(f"config: params file {str(path)!r} not found; give a path to a YAML file or the "
+                              f"name of a shipped one: {', '.join(names('params'))}")
         loaded = yaml.safe_load(p.read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config: {str(p)!r} must hold a mapping of settings")

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from hallnll import reproduce
+from hallnll.notebook import execute
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -75,20 +76,12 @@ def test_notebook_is_committed_clean(path):
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    return reproduce.kernel_name()  # python3 when it runs this interpreter, else a temporary kernelspec
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, kernel, workdir, monkeypatch):
-    import papermill as pm
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it
+def test_notebook_runs(path, workdir):
     out = workdir / f"{path.stem}.ipynb"
     params = parameters(path.stem, workdir)
     if path.stem == "10_tables":  # one table with results (made-up numbers), the others not run yet
@@ -96,8 +89,7 @@ def test_notebook_runs(path, kernel, workdir, monkeypatch):
                      diff=80.0 + i - r["paper_mean"], params="", overrides="", runs="", note="", error="")
                 for i, r in enumerate(reproduce.paper_rows("table5"))]
         reproduce.write_results("table5", rows, workdir / "results", "quick")
-    pm.execute_notebook(str(path), str(out), parameters=params, kernel_name=kernel, cwd=str(REPO),
-                        progress_bar=False)
+    execute(path, out, params, cwd=REPO, threads=1)  # a kernel of this interpreter, one thread
     nb = nbformat.read(str(out), as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors

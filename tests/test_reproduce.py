@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hallnll import cli, reproduce
-from hallnll.reproduce import Cell, Table
+from hallnll import cli, jobs, reproduce
+from hallnll.tables import Cell, Table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # a few seconds per run on a loaded 2-core CPU
 TINY = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2"]
@@ -100,8 +102,11 @@ def test_table5_quick_writes_results_and_does_not_redo_finished_runs(tmp_path, c
     assert [r["cell"] for r in table] == ["gmm", "easy", "hallnll"]
     for r in table:
         assert r["n_seeds"] == "1" and 0.0 < float(r["ours_mean"]) <= 100.0
-        assert float(r["diff"]) == pytest.approx(float(r["ours_mean"]) - float(r["paper_mean"]), abs=1e-3)
+        assert r["ours_std"] == ""  # one seed: no spread
+        assert r["diff"] == ""  # digits numbers are not compared with the paper's CIFAR numbers
         assert Path(r["runs"], "seed0", "summary.json").is_file()
+    assert md.startswith("## Table 5 at quick scale, on digits")
+    assert "ours − paper" not in md and "± 0.00" not in md
     summaries = sorted((tmp_path / "runs").rglob("summary.json"))
     assert len(summaries) == 3
     assert all((s.parent / "06_training.ipynb").is_file() for s in summaries)  # the executed notebooks
@@ -145,14 +150,14 @@ def test_a_failing_cell_is_reported_while_the_others_complete(tmp_path, monkeypa
 
 def test_run_seeds_in_parallel_then_resumes(tmp_path, capsys):
     out = tmp_path / "seeds"
-    params = str(reproduce.REPO / "params" / "digits-quick.yaml")
+    params = str(ROOT / "params" / "digits-quick.yaml")
     ov = TINY + ["variant=ce", "progress=false"]
-    s = reproduce.run_seeds(params, ov, out, seeds=2, parallel=2)
+    s = jobs.run_seeds(params, ov, out, seeds=2, parallel=2)
     assert [x.get("error") for x in s] == [None, None], s
     assert [x["seed"] for x in s] == [0, 1]
     assert (out / "seed0" / "summary.json").is_file() and (out / "seed1" / "summary.json").is_file()
     assert (out / "noise_report.txt").is_file()
-    again = reproduce.run_seeds(params, ov, out, seeds=2, parallel=1)
+    again = jobs.run_seeds(params, ov, out, seeds=2, parallel=1)
     assert all(x.get("skipped") for x in again)
     assert [x["best_acc"] for x in again] == [x["best_acc"] for x in s]
     # the CLI path: hallnll train --seeds N --parallel N prints one row per seed

@@ -85,7 +85,7 @@ def _missing(root: Path, folder: str, name: str) -> DataError:
         f"`python materialize_cifar10.py PACK_DIR ROOT`), or set download=true on a machine with network.")
 
 
-def load_cifar(name: str = "cifar10", root="~/.cache/hallnll", download: bool = True) -> ImageData:
+def load_cifar(name: str = "cifar10", root=".data", download: bool = True) -> ImageData:
     """CIFAR-10/100 in the official order, from ``root/cifar-10-batches-py`` (no md5 check)."""
     root = Path(root).expanduser()
     if name == "cifar10":

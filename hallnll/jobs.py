@@ -1,0 +1,206 @@
+"""Many training runs: one :class:`Job` per run folder, one skip rule, one runner.
+
+``hallnll train --seeds N`` (:func:`run_seeds`) and ``hallnll reproduce``
+(:mod:`hallnll.reproduce`) both hand a list of jobs to :func:`run_jobs`.
+
+A job is one run of :func:`hallnll.train.fit`: a params file, overrides, a
+seed and an output folder; it runs in this process, or through a notebook
+(``06_training``, executed by :func:`hallnll.notebook.execute`, which calls
+``fit`` and keeps the executed notebook in the run folder).
+
+The skip rule (:func:`finished`): a job is done when its folder holds
+``summary.json`` and a ``config.yaml`` whose :func:`config_hash` equals the
+job's; a folder with other settings is run again (``fit`` resumes from its
+checkpoint when the noisy labels agree).
+
+``parallel > 1`` runs that many jobs at once in worker processes, each with
+``cpu_count // parallel`` threads (torch's, and OpenMP/MKL's in a notebook's
+kernel). A failed job is reported in its result; the others go on.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import Config, load_config
+from .resources import params_path
+
+
+def config_hash(cfg: Config | dict, ignore=("progress",)) -> str:
+    """8 hex digits of the settings of ``cfg`` but ``ignore`` (progress bars do not change a run)."""
+    d = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+    d = {k: v for k, v in d.items() if k not in ignore}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+@dataclass
+class Job:
+    label: str  # what the log calls it, e.g. "table5/gmm seed0"
+    params: str  # params file (a path or a shipped name)
+    overrides: list
+    seed: int
+    out_dir: Path
+    notebook: Optional[str] = None  # run through this shipped notebook (e.g. "06_training") instead of fit here
+    threads: int = 0  # torch / OpenMP threads; 0 leaves the defaults
+
+    def config(self) -> Config:
+        return load_config(self.params, list(self.overrides) + [f"seed={self.seed}"])
+
+    @property
+    def executed_notebook(self) -> Optional[Path]:
+        return Path(self.out_dir) / f"{self.notebook}.ipynb" if self.notebook else None
+
+
+def finished(job: Job) -> bool:
+    """The skip rule: ``summary.json`` beside a ``config.yaml`` of the same :func:`config_hash`."""
+    import yaml
+
+    out = Path(job.out_dir)
+    if not (out / "summary.json").is_file() or not (out / "config.yaml").is_file():
+        return False
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    except yaml.YAMLError:
+        return False
+    return config_hash(saved) == config_hash(job.config())
+
+
+def _result(job: Job, t0: float, **fields) -> dict:
+    nb = job.executed_notebook
+    return {"label": job.label, "seed": job.seed, "out_dir": str(job.out_dir), "notebook": str(nb) if nb else "",
+            "seconds": time.perf_counter() - t0, **fields}
+
+
+def execute(job: Job, resume: bool = True, data=None, noisy=None) -> dict:
+    """Run one job (here, or through its notebook). Returns ``{"ok", "summary" | "error",
+    "label", "seed", "out_dir", "notebook", "seconds"}``; ``data``/``noisy`` are
+    passed to ``fit`` (noisy labels shared by the seeds of ``run_seeds``)."""
+    t0 = time.perf_counter()
+    out = Path(job.out_dir)
+    try:
+        if job.notebook:
+            _execute_notebook(job)
+        else:
+            import torch
+
+            from .train import fit
+
+            if job.threads:
+                torch.set_num_threads(job.threads)
+            noisy_t = torch.as_tensor(noisy, dtype=torch.int64) if noisy is not None else None
+            fit(job.config(), out, data=data, noisy=noisy_t, resume=resume, progress=False if job.threads else None)
+    except Exception as e:  # a failed run is reported, the others go on
+        return _result(job, t0, ok=False, error=_message(e, job))
+    summary = out / "summary.json"
+    if not summary.is_file():
+        return _result(job, t0, ok=False, error=f"the notebook finished but wrote no {summary}")
+    return _result(job, t0, ok=True, summary=json.loads(summary.read_text()))
+
+
+def _execute_notebook(job: Job) -> None:
+    from .notebook import execute as execute_notebook
+    from .resources import shipped
+
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(params=str(params_path(job.params).resolve()), overrides=list(job.overrides) + ["progress=false"],
+                  out_dir=str(out.resolve()), seed=int(job.seed), threads=int(job.threads), plots=True)
+    execute_notebook(shipped("notebooks", job.notebook), job.executed_notebook, params, threads=job.threads)
+
+
+def _message(e: Exception, job: Job) -> str:
+    """One line: the notebook's own error (``ename: evalue``) where there is one."""
+    from .notebook import first_error
+
+    msg = f"{getattr(e, 'ename', None) or type(e).__name__}: {getattr(e, 'evalue', None) or e}"
+    if job.notebook and not getattr(e, "ename", None):
+        msg = first_error(job.executed_notebook) or msg
+    lines = msg.strip().splitlines()
+    return lines[-1][:500] if lines else type(e).__name__
+
+
+def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data=None, noisy=None) -> list:
+    """Run every job that is not :func:`finished` (all of them without ``resume``),
+    ``parallel`` at a time. Returns one result dict per job (``skipped`` for finished ones)."""
+    results: list = [None] * len(jobs)
+    todo = []
+    for i, job in enumerate(jobs):
+        if resume and finished(job):
+            summary = json.loads((Path(job.out_dir) / "summary.json").read_text())
+            results[i] = _result(job, time.perf_counter(), ok=True, skipped=True, summary=summary)
+            log(f"  skip  {job.label}: finished ({job.out_dir})")
+        else:
+            todo.append(i)
+    n = len(todo)
+
+    def report(k, i, r):
+        results[i] = r
+        if r["ok"]:
+            acc = r["summary"].get("best_acc")
+            log(f"  [{k}/{n}] done  {jobs[i].label}: best {100 * acc:.2f}% ({r['seconds']:.0f} s)")
+        else:
+            where = f"\n           notebook: {r['notebook']}" if r["notebook"] else ""
+            log(f"  [{k}/{n}] FAILED {jobs[i].label}: {r['error']}{where}")
+
+    parallel = max(1, int(parallel))
+    if parallel == 1 or n <= 1:
+        for k, i in enumerate(todo, 1):
+            log(f"  [{k}/{n}] run   {jobs[i].label} -> {jobs[i].out_dir}")
+            report(k, i, execute(jobs[i], resume, data, noisy))
+        return results
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    noisy_list = noisy.tolist() if noisy is not None else None  # tensors stay in this process
+    with cf.ProcessPoolExecutor(max_workers=min(parallel, n), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futs = {}
+        for i in todo:
+            jobs[i].threads = jobs[i].threads or threads
+            log(f"  queue {jobs[i].label} -> {jobs[i].out_dir}")
+            futs[pool.submit(execute, jobs[i], resume, None, noisy_list)] = i
+        for k, fut in enumerate(cf.as_completed(futs), 1):
+            i = futs[fut]
+            try:
+                r = fut.result()
+            except Exception as e:  # the worker process itself died
+                r = _result(jobs[i], time.perf_counter(), ok=False, error=f"{type(e).__name__}: {e}")
+            report(k, i, r)
+    return results
+
+
+def run_seeds(params, overrides, out, seeds: int = 3, parallel: int = 1, resume: bool = True, log=print) -> list:
+    """``hallnll train --seeds N --parallel M``: seeds cfg.seed .. cfg.seed+N-1 into ``OUT/seed<k>``.
+
+    The data and the noisy labels are made once (they do not depend on the
+    seed; classification-based noise trains a CNN) and shared by all seeds.
+    Returns one summary dict per seed (``skipped`` for a finished one); a
+    failed seed gives ``{"seed", "error", "out_dir"}``. Configuration errors
+    raise before anything runs.
+    """
+    from .reporting import atomic_write_text
+    from .train import prepare
+
+    overrides = list(overrides or [])
+    cfg = load_config(params, overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [Job(f"seed{s}", str(params), overrides, s, out / f"seed{s}")
+            for s in range(cfg.seed, cfg.seed + max(1, int(seeds)))]
+    data = noisy = None
+    if not resume or not all(finished(j) for j in jobs):
+        data, noisy, rep = prepare(cfg)
+        atomic_write_text(out / "noise_report.txt", str(rep) + "\n")
+    results = run_jobs(jobs, parallel, log, resume, data, noisy)
+    summaries = []
+    for r in results:
+        if r["ok"]:
+            summaries.append({**r["summary"], **({"skipped": True} if r.get("skipped") else {})})
+        else:
+            summaries.append({"seed": r["seed"], "error": r["error"], "out_dir": r["out_dir"],
+                              "wall_seconds": r["seconds"]})
+    return summaries

@@ -1,0 +1,111 @@
+"""The notebooks' side of the package.
+
+In a notebook, one call after the parameters cell::
+
+    from hallnll.notebook import setup
+    stem = setup(threads=threads, figures_dir=figures_dir)
+
+For ``hallnll reproduce`` and the tests, :func:`execute` runs a notebook with
+papermill in a fresh kernel of this interpreter, whose environment (thread
+counts, ``PYTHONPATH``) is given to the kernel alone: nothing of this
+process's environment changes. To open the notebooks in Jupyter, give it a
+kernel that imports hallnll::
+
+    pip install -e ".[notebooks]"
+    python -m ipykernel install --user --name hallnll
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+KERNEL = "hallnll-run"
+
+
+def setup(threads: int = 0, figures_dir: str = ""):
+    """Prepare a notebook's kernel and return ``stem(name)``: where a figure is saved
+    (``figures_dir/name``, PNG + PDF), or None when ``figures_dir`` is empty.
+
+    - A notebook opened from a checkout's ``notebooks/`` folder works from the
+      repository root, as papermill and ``hallnll reproduce`` run it (the
+      params files, ``.data/`` and ``runs/`` are relative to it).
+    - ``threads > 0`` sets torch's thread count.
+    - tqdm's "IProgress not found" warning (no ipywidgets) is silenced.
+    """
+    here = Path.cwd()
+    if here.name == "notebooks" and (here.parent / "params").is_dir() and (here.parent / "hallnll").is_dir():
+        os.chdir(here.parent)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    warnings.filterwarnings("ignore", message="IProgress not found")
+
+    def stem(name: str):
+        return Path(figures_dir) / name if figures_dir else None
+
+    return stem
+
+
+def require() -> None:
+    """Raise :class:`hallnll.tables.ReproduceError` unless papermill and ipykernel are installed."""
+    from .tables import ReproduceError
+
+    try:
+        import ipykernel  # noqa: F401
+        import papermill  # noqa: F401
+    except ImportError as e:
+        raise ReproduceError(f"running notebooks needs papermill and ipykernel ({e}); "
+                             f"pip install -e '.[notebooks]' (or pip install 'hallnll[notebooks]')") from None
+
+
+def _kernel_spec(threads: int) -> dict:
+    """This interpreter as a kernel; hallnll importable; ``threads`` for OpenMP/MKL;
+    log level ERROR (so no notice about running over TCP)."""
+    package_parent = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH", "")
+    env = {"PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],
+            "display_name": "Python (hallnll)", "language": "python", "env": env}
+
+
+def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0) -> None:
+    """Run ``notebook`` with ``parameters`` (papermill) into ``output``, in ``cwd``
+    (default: the working folder), with ``threads`` OpenMP/MKL threads in the kernel.
+
+    Raises papermill's ``PapermillExecutionError`` when a cell fails (the
+    executed notebook, with the error, is written all the same).
+    """
+    import papermill as pm
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    with tempfile.TemporaryDirectory(prefix="hallnll-kernel-") as tmp:
+        spec = Path(tmp) / "kernels" / KERNEL
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps(_kernel_spec(threads), indent=1))
+        km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+        pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL, km=km,
+                            cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False)
+
+
+def first_error(path) -> str:
+    """The first error an executed notebook shows (``ename: evalue``), or ''."""
+    try:
+        import nbformat
+
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception:
+        return ""
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error":
+                return f"{o.get('ename')}: {o.get('evalue')}"
+    return ""
