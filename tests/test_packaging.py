@@ -1,0 +1,49 @@
+"""A plain (non-editable) ``pip install .`` carries the params files and the notebooks
+the commands read, found from any working folder through hallnll.resources."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    src = tmp_path_factory.mktemp("src")  # a copy, so the build leaves nothing in the checkout
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("hallnll", "params", "notebooks"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--no-cache-dir", "--target", str(target), str(src)],
+                          capture_output=True, text=True, timeout=300, cwd=src,
+                          env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    if proc.returncode != 0 and "No module named pip" in proc.stderr:
+        pytest.skip("pip is not available")
+    assert proc.returncode == 0, proc.stderr
+    return target
+
+
+def test_wheel_ships_params_and_notebooks(installed, tmp_path):
+    code = ("import hallnll, hallnll.resources as R\n"
+            "print(hallnll.__file__)\n"
+            "print(R.folder('params'))\n"
+            "print(sorted(p.name for p in R.folder('params').glob('*.yaml')))\n"
+            "print(sorted(p.name for p in R.folder('notebooks').glob('*.ipynb')))\n"
+            "from hallnll import load_config\n"
+            "print(load_config('params/digits-quick.yaml').name, load_config('cifar10-cbased-40').name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(installed)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    module, params_dir, params, notebooks, names = proc.stdout.splitlines()
+    assert module.startswith(str(installed)) and params_dir.startswith(str(installed))
+    assert params == str(sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
+    assert notebooks == str(sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
+    assert names == "digits-quick cifar10-cbased-40"
