@@ -23,13 +23,15 @@ from .hallucination import HallucinationResult
 from .run import Easiness, Run, Selection, anchor_set
 
 
-def _np(x) -> np.ndarray:
+def as_numpy(x) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
 
 
-def _names(class_names, num_classes: int) -> list:
+def label_names(class_names, num_classes: int) -> list:
+    """Display names of the classes: ``class_names`` as strings, or 0..C-1."""
     if class_names is None:
         return [str(i) for i in range(num_classes)]
     return [str(c) for c in class_names]
@@ -105,14 +107,14 @@ def easy_selection_table(omega, given, true, num_classes: int, p: float, gmm_thr
 
     from .selection import class_balanced_quota, select_easy, select_gmm
 
-    omega_t = torch.as_tensor(_np(omega)).float()
-    given_t = torch.as_tensor(_np(given)).long()
+    omega_t = torch.as_tensor(as_numpy(omega)).float()
+    given_t = torch.as_tensor(as_numpy(given)).long()
     easy = select_easy(omega_t, given_t, num_classes, p).numpy()
     gmm = select_gmm(omega_t, gmm_threshold).numpy()
     quota = class_balanced_quota(given_t, num_classes, p).numpy()
     g = given_t.numpy()
-    right = (g == _np(true)) if true is not None else None
-    names = _names(class_names, num_classes)
+    right = (g == as_numpy(true)) if true is not None else None
+    names = label_names(class_names, num_classes)
     rows = []
 
     def prec(mask):
@@ -138,7 +140,7 @@ def anchor_parent_similarity(anchors: dict, feats) -> dict:
     a = torch.as_tensor(anchors["anchors"]).float().cpu()
     par = torch.as_tensor(anchors["parents"]).long().cpu()
     easy_index = torch.as_tensor(anchors["easy_index"]).long().cpu()
-    f = torch.as_tensor(_np(feats)).float()
+    f = torch.as_tensor(as_numpy(feats)).float()
     su, sv = f[easy_index[par[:, 0]]], f[easy_index[par[:, 1]]]
     return {"cos_u": F.cosine_similarity(a, su, dim=1).numpy(), "cos_v": F.cosine_similarity(a, sv, dim=1).numpy(),
             "cos_uv": F.cosine_similarity(su, sv, dim=1).numpy()}
@@ -180,7 +182,7 @@ def tsne_embed(x, seed: int = 0, perplexity: float = 30.0, n_iter: int = 500, n_
     (so Euclidean distance ranks pairs as the method's cosine similarity does)."""
     from openTSNE import TSNE
 
-    a = _np(x).astype(np.float32)
+    a = as_numpy(x).astype(np.float32)
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     perp = float(max(2.0, min(perplexity, (len(a) - 1) / 3.0)))
     emb = TSNE(n_components=2, perplexity=perp, n_iter=n_iter, random_state=seed, n_jobs=n_jobs,
@@ -204,19 +206,19 @@ def anchor_examples(feats, anchors: dict, given, true=None, pool_mask=None, n: i
     the nearest image's given label (a correction, as in Fig. 5's fifth
     column). Returns a list of dicts.
     """
-    f = torch.as_tensor(_np(feats)).float()
+    f = torch.as_tensor(as_numpy(feats)).float()
     a = torch.as_tensor(anchors["anchors"]).float().cpu()
     al = torch.as_tensor(anchors["labels"]).long().cpu()
     par = torch.as_tensor(anchors["parents"]).long().cpu()
     easy_index = torch.as_tensor(anchors["easy_index"]).long().cpu()
-    g = _np(given).astype(int)
-    t = _np(true).astype(int) if true is not None else None
+    g = as_numpy(given).astype(int)
+    t = as_numpy(true).astype(int) if true is not None else None
     n_all = len(f)
     if pool_mask is None:
         pool = torch.ones(n_all, dtype=torch.bool)
         pool[easy_index] = False
     else:
-        pool = torch.as_tensor(_np(pool_mask)).bool().clone()
+        pool = torch.as_tensor(as_numpy(pool_mask)).bool().clone()
     pool_idx = pool.nonzero().squeeze(1)
     if len(pool_idx) == 0 or len(a) == 0:
         return []
@@ -283,7 +285,7 @@ def hard_examples(given, corrected, subset, true=None, which: str = "clean-hard"
     """
     from .reporting import SUBSETS
 
-    s = _np(subset)
+    s = as_numpy(subset)
     if s.dtype.kind in "US":
         s = np.array([SUBSETS.index(x) for x in s])
     want = {"clean-hard": (1,), "unlabeled": (2,), "hard": (1, 2)}
@@ -293,6 +295,6 @@ def hard_examples(given, corrected, subset, true=None, which: str = "clean-hard"
     rng = np.random.default_rng(seed)
     pool = rng.permutation(pool)
     if changed_first:
-        changed = _np(corrected)[pool] != _np(given)[pool]
+        changed = as_numpy(corrected)[pool] != as_numpy(given)[pool]
         pool = np.concatenate([pool[changed], pool[~changed]])
     return pool[:n]

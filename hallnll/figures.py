@@ -40,9 +40,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from .analysis import tsne_embed
+from .analysis import as_numpy, label_names, tsne_embed
 
 #: Matplotlib settings of every figure here (applied with ``rc_context``, so
 #: the caller's global style is left alone).
@@ -89,22 +88,10 @@ def _finish(fig, path_stem):
     return fig
 
 
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _names(class_names, num_classes: int) -> list:
-    if class_names is None:
-        return [str(i) for i in range(num_classes)]
-    return [str(c) for c in class_names]
-
-
 # =============================================================== images
 def to_display(img) -> np.ndarray:
     """One image ``[C, H, W]`` (or ``[H, W]``) as ``[H, W]`` (1 channel) or ``[H, W, 3]``."""
-    a = _np(img)
+    a = as_numpy(img)
     if a.ndim == 2:
         return a
     if a.ndim != 3:
@@ -146,7 +133,7 @@ def image_grid(images, titles: Sequence[str] | None = None, ncols: int = 8, titl
     ``row_labels`` the rows are labelled on the left (used by Fig. 5).
     """
     plt = _plt()
-    imgs = _np(images)
+    imgs = as_numpy(images)
     n = len(imgs)
     if n == 0:
         raise ValueError("image_grid: no images to show")
@@ -196,9 +183,9 @@ def plot_noise_transition(report_or_matrix, class_names=None, ax=None, title: st
 
     plt = _plt()
     rep = report_or_matrix
-    mat = _np(rep.transition if hasattr(rep, "transition") else rep).astype(float)
+    mat = as_numpy(rep.transition if hasattr(rep, "transition") else rep).astype(float)
     c = mat.shape[0]
-    names = _names(class_names, c)
+    names = label_names(class_names, c)
     if title is None and hasattr(rep, "actual_rate"):
         title = f"{rep.kind}: {100 * rep.actual_rate:.1f}% noisy"
     annot = c <= 12 if annot is None else annot
@@ -224,16 +211,16 @@ def plot_noise_transition(report_or_matrix, class_names=None, ax=None, title: st
 def plot_noise_examples(images, clean, noisy, n: int = 16, class_names=None, only_flipped: bool = True,
                         seed: int = 0, ncols: int = 8, suptitle: str | None = None, path_stem=None):
     """Example training images titled ``clean -> noisy`` (red where the label is wrong)."""
-    clean, noisy = _np(clean), _np(noisy)
+    clean, noisy = as_numpy(clean), as_numpy(noisy)
     pool = np.nonzero(clean != noisy)[0] if only_flipped else np.arange(len(clean))
     if len(pool) == 0:
         pool = np.arange(len(clean))
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
-    names = _names(class_names, int(max(clean.max(), noisy.max())) + 1)
+    names = label_names(class_names, int(max(clean.max(), noisy.max())) + 1)
     titles = [f"{names[clean[i]]}→{names[noisy[i]]}" if clean[i] != noisy[i] else names[clean[i]] for i in idx]
     colors = ["#c0392b" if clean[i] != noisy[i] else "black" for i in idx]
-    return image_grid(_np(images)[idx], titles, ncols=ncols, title_colors=colors, suptitle=suptitle,
+    return image_grid(as_numpy(images)[idx], titles, ncols=ncols, title_colors=colors, suptitle=suptitle,
                       path_stem=path_stem)
 
 
@@ -254,7 +241,7 @@ def plot_loss_gmm(gmm, noisy_mask=None, bins: int = 50, ax=None, title: str | No
         fig, ax = plt.subplots(figsize=(5.2, 3.3)) if own else (ax.figure, ax)
         edges = np.linspace(0, 1, bins + 1)
         if noisy_mask is not None:
-            nm = _np(noisy_mask).astype(bool)
+            nm = as_numpy(noisy_mask).astype(bool)
             import pandas as pd
 
             df = pd.DataFrame({"loss": g.losses, "label": np.where(nm, "noisy label", "clean label")})
@@ -289,7 +276,7 @@ def plot_loss_gmm(gmm, noisy_mask=None, bins: int = 50, ax=None, title: str | No
 def plot_easiness(omega, noisy_mask, bins: int = 30, ax=None, title: str | None = None, path_stem=None):
     """Histogram of the easiness omega of clean-label and noisy-label samples."""
     plt = _plt()
-    om, nm = _np(omega).ravel(), _np(noisy_mask).astype(bool).ravel()
+    om, nm = as_numpy(omega).ravel(), as_numpy(noisy_mask).astype(bool).ravel()
     with plt.rc_context(STYLE):
         own = ax is None
         fig, ax = plt.subplots(figsize=(4.6, 3.0)) if own else (ax.figure, ax)
@@ -398,14 +385,14 @@ def plot_tsne(features, labels, anchors, anchor_labels, n_real: int = 500, m_anc
     the given ones); ``anchor_labels`` are the anchors' labels y_a = y_u.
     """
     plt = _plt()
-    f, y = _np(features), _np(labels).astype(int)
-    a, ya = _np(anchors), _np(anchor_labels).astype(int)
+    f, y = as_numpy(features), as_numpy(labels).astype(int)
+    a, ya = as_numpy(anchors), as_numpy(anchor_labels).astype(int)
     rng = np.random.default_rng(seed)
     ri, ai = _cap_per_class(y, n_real, rng), _cap_per_class(ya, m_anchors, rng)
     emb = tsne_embed(np.concatenate([f[ri], a[ai]]), seed=seed, perplexity=perplexity, n_iter=n_iter)
     er, ea = emb[:len(ri)], emb[len(ri):]
     c = int(max(y.max(initial=0), ya.max(initial=0))) + 1
-    names = _names(class_names, c)
+    names = label_names(class_names, c)
     light, dark = class_colors(c)
     with plt.rc_context(STYLE):
         own = ax is None
@@ -446,11 +433,11 @@ def plot_anchor_examples(images, examples: list, class_names=None, title: str | 
     anchor's label is the true label of that image, red where it is not (black
     when the truth is unknown)."""
     plt = _plt()
-    imgs = _np(images)
+    imgs = as_numpy(images)
     if not examples:
         raise ValueError("plot_anchor_examples: no examples (no anchors, or no hard samples)")
     c = max(max(e["label"], e["label_u"], e["label_v"], e["given_nearest"]) for e in examples) + 1
-    names = _names(class_names, c)
+    names = label_names(class_names, c)
     n = len(examples)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(3, n, figsize=(1.2 * n + 0.7, 4.3), squeeze=False)
@@ -479,10 +466,10 @@ def plot_hard_examples(images, indices, given, corrected, true=None, class_names
     idx = np.asarray(indices, dtype=int)
     if len(idx) == 0:
         raise ValueError("plot_hard_examples: no samples to show")
-    g, c = _np(given).astype(int), _np(corrected).astype(int)
-    t = _np(true).astype(int) if true is not None else None
+    g, c = as_numpy(given).astype(int), as_numpy(corrected).astype(int)
+    t = as_numpy(true).astype(int) if true is not None else None
     k = int(max(g.max(), c.max())) + 1
-    names = _names(class_names, k)
+    names = label_names(class_names, k)
     titles, colors = [], []
     for i in idx:
         lab = f"{names[g[i]]}→{names[c[i]]}" if g[i] != c[i] else names[c[i]]
@@ -490,7 +477,7 @@ def plot_hard_examples(images, indices, given, corrected, true=None, class_names
             lab += f" ({names[t[i]]})"
         titles.append(lab)
         colors.append("black" if t is None else ("#1e8449" if c[i] == t[i] else "#c0392b"))
-    return image_grid(_np(images)[idx], titles, ncols=ncols, title_colors=colors,
+    return image_grid(as_numpy(images)[idx], titles, ncols=ncols, title_colors=colors,
                       suptitle=title if title is not None else "hard samples: given → corrected label",
                       path_stem=path_stem)
 
