@@ -9,8 +9,10 @@ The public verbs::
     print(result.summary["best_acc"])
 
 One module per step of the paper: ``noise`` (§4.1), ``selection`` (§3.1 Eq. 1
-and §3.3), ``hallucination`` (§3.2 Eq. 2), ``ssl`` (§3.4 Eq. 3), ``train``
-(§3.5 Alg. 1); ``config`` holds Table 6.
+and §3.3), ``hallucination`` (§3.2 Eq. 2), ``ssl`` (§3.4 Eq. 3), ``run``
+(§3.5 Alg. 1: :class:`hallnll.run.Run`, one epoch as the paper's steps) and
+``train`` (:func:`fit`, a loop over ``Run.epoch`` with its outputs);
+``config`` holds Table 6.
 """
 from .config import Config, ConfigError, load_config
 from .data import ImageData, DataError, load_dataset
