@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_quickstart)
 
     t = sub.add_parser("train", help="train one params file")
-    t.add_argument("params")
+    t.add_argument("params", help="a params YAML, or the name of a shipped one (digits-quick, cifar10-cbased-40, ...)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--out", required=True)
     t.add_argument("--no-resume", action="store_true")
