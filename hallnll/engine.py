@@ -26,10 +26,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked; a no-op elsewhere (the CPU path is fp32)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device`` when ``bf16`` (callers decide where it is wanted:
+    :func:`use_bf16`); a no-op otherwise."""
+    if bf16 and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def use_bf16(cfg, device: torch.device) -> bool:
+    """Whether ``cfg`` asks for bf16 autocast (and channels_last) on ``device``:
+    on CUDA with ``bf16``; on the CPU only with ``cpu_bf16`` as well."""
+    return bool(cfg.bf16) and (device.type == "cuda" or (device.type == "cpu" and bool(cfg.cpu_bf16)))
 
 
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:

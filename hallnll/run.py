@@ -145,7 +145,8 @@ class Run:
 
     def __init__(self, cfg: Config, data: ImageData, noisy: torch.Tensor, device=None):
         dev = engine.resolve_device(cfg.device) if device is None else torch.device(device)
-        cl = cfg.channels_last and dev.type == "cuda"
+        self.bf16 = engine.use_bf16(cfg, dev)  # bf16 autocast here (CUDA, or the CPU with cpu_bf16)
+        cl = cfg.channels_last and (dev.type == "cuda" or self.bf16)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
@@ -177,14 +178,14 @@ class Run:
         cfg = self.cfg
         with self.timer.phase("warmup"):
             return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
-                                   cfg.crop_padding, cfg.hflip, cfg.bf16)
+                                   cfg.crop_padding, cfg.hflip, self.bf16)
 
     def easiness(self) -> Easiness:
         """Alg. 1 line 6 (§3.1): logits and features of the training images, the
         per-sample losses against the given labels, their GMM and omega."""
         cfg = self.cfg
         with self.timer.phase("easiness"):
-            logits, feats = engine.predict(self.model, self.train_x, cfg.eval_batch_size, cfg.bf16)
+            logits, feats = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16)
             losses = selection.per_sample_loss(logits, self.given)
             gmm = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed)
             return Easiness(logits, feats, losses, gmm, gmm.omega(losses.device))
@@ -245,7 +246,7 @@ class Run:
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
                                  sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
-                                 self.rng, iters)
+                                 self.rng, iters, bf16=self.bf16)
 
     def recalibrate_bn(self) -> None:
         """After a training epoch: re-estimate the BatchNorm statistics on
@@ -261,12 +262,12 @@ class Run:
         with self.timer.phase("bn_recal"):
             gen = torch.Generator(self.device).manual_seed(cfg.seed * 100_003 + self.epochs_done)
             engine.recalibrate_bn(self.model, self.train_x, cfg.bn_recal_images, cfg.batch_size, gen,
-                                  cfg.crop_padding, cfg.hflip, cfg.bf16)
+                                  cfg.crop_padding, cfg.hflip, self.bf16)
 
     def evaluate(self) -> torch.Tensor:
         """Top-1 accuracy on the test set (a device tensor)."""
         with self.timer.phase("eval"):
-            return engine.accuracy(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size, self.cfg.bf16)
+            return engine.accuracy(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size, self.bf16)
 
     # ------------------------------------------------------------ diagnostics
     def selection_diagnostics(self, ez: Easiness, sel: Selection, hal: Optional[HallucinationResult]) -> dict:
@@ -305,7 +306,7 @@ class Run:
         far above ``test_acc`` means the running averages misdescribe the weights."""
         with self.timer.phase("diagnostics"):
             acc = engine.accuracy_batch_stats(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size,
-                                              self.cfg.bf16)
+                                              self.bf16)
         return {"test_acc_batch_bn": float(acc)}
 
     # ------------------------------------------------------------ one epoch
@@ -362,7 +363,7 @@ class Run:
         if cfg.diagnostics and cfg.bn_recal_images:
             with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
                 row["test_acc_running_bn"] = float(engine.accuracy(self.model, self.test_x, self.y_test,
-                                                                   cfg.eval_batch_size, cfg.bf16))
+                                                                   cfg.eval_batch_size, self.bf16))
         self.recalibrate_bn()
         row["test_acc"] = float(self.evaluate())
         if cfg.diagnostics:
@@ -419,7 +420,7 @@ class Run:
         """
         cfg = self.cfg
         if self.last:
-            logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, cfg.bf16, features=False)
+            logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16, features=False)
             omega, easy, ch, train_labels = (self.last[k] for k in ("omega", "easy_mask", "clean_hard_mask",
                                                                    "train_labels"))
             labeled = easy | ch
