@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--tol", type=float, default=0.005, help="clean labels: how far below ce an SSL variant may end")
     f.add_argument("--data-note", default="", help='how the report names the data, e.g. "CIFAR-10 (JPEG q75 copy)"')
     f.add_argument("--no-resume", action="store_true")
+    f.add_argument("--report-only", action="store_true", help="run nothing; report what the cells have written so far")
     f.set_defaults(fn=cmd_fidelity)
     return p
 

@@ -49,6 +49,7 @@ SELECTION_KEYS = {
     "n_clean_hard": ("|clean-hard|", False),
     "precision_clean_hard": ("clean-hard prec %", True),
     "unlabeled_pred_acc": ("unl. pred acc %", True),
+    "target_acc": ("target acc %", True),
     "label_noise_rate": ("label noise %", True),
     "anchor_valid_share": ("anchors valid %", True),
     "anchor_sim_q50": ("anchor cos q50", False),
@@ -81,16 +82,19 @@ def plan(params, overrides: Sequence[str], out, seeds: int = 1,
     return jobs
 
 
-def collect(jobs: list) -> dict:
-    """``{(labels, variant): Cell}`` from the jobs' ``metrics.jsonl`` (failed runs left out)."""
+def collect(jobs: list, partial: bool = False) -> dict:
+    """``{(labels, variant): Cell}`` from the jobs' ``metrics.jsonl``: finished runs
+    only, or with ``partial`` whatever epochs an unfinished run has written."""
     cells: dict = {}
     for job in jobs:
         lab, rest = job.label.split("/", 1)
         v = rest.split()[0]
         cell = cells.setdefault((lab, v), Cell(lab, v, []))
         m = Path(job.out_dir) / "metrics.jsonl"
-        if (Path(job.out_dir) / "summary.json").is_file() and m.is_file():
-            cell.seeds.append(read_metrics(m))
+        if m.is_file() and (partial or (Path(job.out_dir) / "summary.json").is_file()):
+            rows = read_metrics(m)
+            if rows:
+                cell.seeds.append(rows)
     return cells
 
 
@@ -209,10 +213,12 @@ def describe(params, overrides, data_note: str = "") -> str:
 
 def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int = 1,
         variants: Sequence[str] = VARIANTS, labels: Sequence[str] = LABELS, resume: bool = True,
-        tol: float = 0.005, data_note: str = "", log=print) -> dict:
+        tol: float = 0.005, data_note: str = "", report_only: bool = False, log=print) -> dict:
     """Plan, run (skipping finished cells) and report the grid; returns the report dict.
 
-    ``data_note`` names the data in the report (e.g. "CIFAR-10 (JPEG q75 copy)")."""
+    ``data_note`` names the data in the report (e.g. "CIFAR-10 (JPEG q75 copy)");
+    ``report_only`` runs nothing and reports what the cells have written so far
+    (unfinished runs included: e.g. after a time limit cut the grid short)."""
     bad = [v for v in variants if v not in VARIANTS] + [lab for lab in labels if lab not in LABELS]
     if bad:
         raise ConfigError(f"fidelity: unknown {', '.join(map(repr, bad))}; variants are {', '.join(VARIANTS)}, "
@@ -222,9 +228,9 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
     out.mkdir(parents=True, exist_ok=True)
     header = describe(params, overrides, data_note)
     log(header)
-    results = run_jobs(jobs, parallel, log, resume)
+    results = [] if report_only else run_jobs(jobs, parallel, log, resume)
     failed = [r for r in results if not r["ok"]]
-    text, report = format_report(collect(jobs), header, tol)
+    text, report = format_report(collect(jobs, partial=report_only), header, tol)
     if failed:
         text += "\nFailed cells:\n" + "\n".join(f"- {r['label']}: {r['error']}" for r in failed) + "\n"
     report.update(header=header, failed=[{"label": r["label"], "error": r["error"]} for r in failed])
@@ -237,5 +243,5 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
 
 def main(args) -> int:
     run(args.params, args.set, args.out, args.seeds, args.parallel, tuple(args.variants.split(",")),
-        tuple(args.labels.split(",")), not args.no_resume, args.tol, args.data_note)
+        tuple(args.labels.split(",")), not args.no_resume, args.tol, args.data_note, args.report_only)
     return 0

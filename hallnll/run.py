@@ -275,7 +275,9 @@ class Run:
 
         - ``unlabeled_pred_acc`` (truth known): accuracy of the model's own
           predictions on the unlabeled set, the basis of MixMatch's label
-          guesses there;
+          guesses there; ``target_acc``: share of all training samples whose
+          SSL target is right (label where labeled, prediction where not),
+          against ``1 - noise rate`` for cross-entropy on the given labels;
         - ``anchor_valid_share``: share of anchors whose nearest hard feature
           is at cosine >= lambda_conf (a valid representative, §3.3);
           ``anchor_sim_q10/q50/q90``: quantiles of that nearest cosine;
@@ -286,8 +288,15 @@ class Run:
         out: dict = {}
         with self.timer.phase("diagnostics"):
             unl = ~sel.labeled_mask
-            if self.true is not None and bool(unl.any()):
-                out["unlabeled_pred_acc"] = float((ez.logits[unl].argmax(1) == self.true[unl]).float().mean())
+            if self.true is not None:
+                pred_right = ez.logits.argmax(1) == self.true
+                if bool(unl.any()):
+                    out["unlabeled_pred_acc"] = float(pred_right[unl].float().mean())
+                # what the SSL epoch trains towards, sample by sample: the (corrected)
+                # label where labeled, the model's own prediction (the basis of its
+                # guess) where not; to beat cross-entropy this must beat the given labels
+                target_right = torch.where(sel.labeled_mask, sel.train_labels == self.true, pred_right)
+                out["target_acc"] = float(target_right.float().mean())
             if hal is not None and sel.hard is not None and len(sel.hard.similarity):
                 sim = sel.hard.similarity.float()
                 q = torch.quantile(sim, torch.tensor([0.1, 0.5, 0.9], device=sim.device))
