@@ -157,7 +157,10 @@ def _sq_dist(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _power_apply(table: torch.Tensor, state: torch.Tensor, times: int) -> torch.Tensor:
-    """``table`` applied ``times`` times to ``state`` (by repeated squaring: log2(times) gathers)."""
+    """``table`` applied ``times`` times to ``state`` (by repeated squaring: log2(times) gathers).
+
+    Indices here are ``[1]`` tensors, never 0-dim ones: indexing with a 0-dim
+    integer tensor reads it on the host (ATen turns it into a select)."""
     while times:
         if times & 1:
             state = table[state]
@@ -187,12 +190,12 @@ def kmeans_labels(x: torch.Tensor, seed: int = 0, max_iter: int = KMEANS_MAX_ITE
     xc = x - x.mean()
     first, u = _kmeanspp_draws(n, seed)
     # k-means++: the first centre, then the best of 2 candidates drawn by D^2 weighting
-    c0 = xc[first]
+    c0 = xc[first:first + 1]  # [1]: every index below is a [1] tensor, no host read
     d0 = _sq_dist(c0, xc)
     pot = d0.sum()
     cand = torch.searchsorted(torch.cumsum(d0, 0), torch.stack([pot * v for v in u])).clamp_max(n - 1)  # no H2D copy
     cand_pot = torch.minimum(d0[None, :], _sq_dist(xc[cand][:, None], xc[None, :])).sum(1)
-    c1 = xc[cand[cand_pot.argmin()]]
+    c1 = xc[cand[cand_pot.argmin().view(1)]]
     low_is_0 = c0 < c1  # cluster 0 is the low side (ties at the threshold go to cluster 0, as argmin does)
 
     xs, order = torch.sort(xc)
@@ -220,7 +223,7 @@ def kmeans_labels(x: torch.Tensor, seed: int = 0, max_iter: int = KMEANS_MAX_ITE
     c1n = torch.where(low_is_0, m_hi[k1], m_lo[k1])
     s1 = torch.where((c0n - c0) ** 2 + (c1n - c1) ** 2 <= tol, f[k1] + done, k1)
     s = _power_apply(table, s1, max(max_iter - 1, 0))
-    k_final = torch.where(s >= done, s - done, f[s.clamp_max(n)])  # not stopped in max_iter: relabel
+    k_final = torch.where(s >= done, s - done, f[s.clamp_max(n)])  # not stopped in max_iter: relabel (all [1])
     low = torch.empty(n, dtype=torch.bool, device=dev)
     low[order] = torch.arange(n, device=dev) < k_final
     return (low != low_is_0).long()
@@ -258,7 +261,7 @@ def fit_gmm_torch(x: torch.Tensor, max_iter: int = 10, seed: int = 0, tol: float
     x = x.double()
     n = x.numel()
     labels = kmeans_labels(x, seed)
-    resp = torch.nn.functional.one_hot(labels, 2).double()
+    resp = torch.stack([labels == 0, labels == 1], 1).double()
     nk, mu, var = _gmm_params(x, resp)
     pi = nk / n
     lower = torch.full((), -math.inf, dtype=x.dtype, device=x.device)
