@@ -65,7 +65,7 @@ fi
     echo "date: $(date -Is)"; echo "dry_run: $DRY"; echo "git: $(git rev-parse HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) changed"
     $PY -c 'import platform, torch; print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit,memory.total --format=csv
-    nproc
+    $PY -c 'import os; print("cpus (affinity):", len(os.sched_getaffinity(0)))'
 } > "$OUT/env.txt" 2>&1
 
 # 1. ResNet-34, every lever that needs no compilation, with the sync check

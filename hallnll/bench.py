@@ -759,11 +759,11 @@ def speed_summary(folder) -> str:
         lines.append("")
     r34 = load("resnet34.json")
     if r34 is None:
-        lines += ["ResNet-34: **missing** (see resnet34.log)", ""]
+        lines += ["Step 1 (ResNet-34): **missing** (see resnet34.log)", ""]
     else:
         e, pr = r34["epoch_seconds"], r34["projected_run"]
-        lines += [f"ResNet-34 on {r34['device']}, {r34['data']['source']} (defaults + fused SGD + hallucinator "
-                  f"graph): warm-up epoch {e['warmup_epoch']:.3f} s, SSL epoch {e['ssl_epoch']:.3f} s "
+        lines += [f"Step 1, {r34['config']['arch']} on {r34['device']}, {r34['data']['source']} (defaults + fused SGD + "
+                  f"hallucinator graph): warm-up epoch {e['warmup_epoch']:.3f} s, SSL epoch {e['ssl_epoch']:.3f} s "
                   f"(|labeled| {r34['sanity'].get('n_labeled')}), projected {pr['epochs']} epochs "
                   f"{pr['minutes']:.1f} min."]
         sc = r34.get("sync_check")

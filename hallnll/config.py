@@ -134,8 +134,8 @@ class Config:
     # RandomState(seed), Lloyd and its stopping rules, EM, tol, reg_covar;
     # float64; no host round-trip); "sklearn" runs scikit-learn's
     # GaussianMixture on the host. Same omega on the losses of the tests
-    # (tests/test_speed_levers.py); torch is the default because it was also
-    # the faster on the CPU (benchmarks/README.md, "GMM").
+    # (tests/test_levers.py); torch is the default because it was also the
+    # faster on the CPU (benchmarks/README.md, "CPU figures for the levers").
     gmm_backend: str = "torch"
     # The hallucinator phase's I_max updates of h_phi, each captured once as a
     # CUDA graph and replayed (CUDA; elsewhere the same fixed-buffer step runs

@@ -485,4 +485,4 @@ def test_gpu_speed_script_dry_run(tmp_path):
     r34 = json.loads((out / "resnet34.json").read_text())
     assert r34["config"]["sgd_impl"] == "fused" and r34["config"]["hal_graph"] is True
     md = (out / "summary.md").read_text()
-    assert "| gmm_torch | yes |" in md and "ratio" in md and "ResNet-34" in md and "missing" not in md
+    assert "| gmm_torch | yes |" in md and "ratio" in md and "Step 1, small_cnn" in md and "missing" not in md
