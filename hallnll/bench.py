@@ -671,6 +671,7 @@ def run_levers(params, cfg_sets, opts: dict, epochs: int, json_path, names=None,
             entry["skipped"] = f"time budget: {elapsed:.0f} s > bench.deadline={opts['deadline']:g} s"
         else:
             log(f"bench --levers: {name} ({what}) at {elapsed:.0f} s")
+            torch._dynamo.reset()  # compiled code of the last lever's model and its CUDA graphs go
             t0 = time.perf_counter()
             try:
                 rep = run_bench(cfg, epochs, opts, data=data, synthetic=synthetic, noisy=noisy,
