@@ -61,8 +61,24 @@ Config fields):
   reports the summed throughput;
 - ``bench.sync_check``: on CUDA, one more epoch of each kind with
   ``torch.cuda.set_sync_debug_mode("warn")``, counting host syncs per Run step;
-- ``bench.cudnn_benchmark``: set ``torch.backends.cudnn.benchmark`` (fit
-  does not; default false, to measure what fit does).
+- ``bench.deadline``: with ``--levers``, start no further lever after this
+  many seconds (0: no limit; the JSON is written after every lever, so a run
+  cut short keeps the rows it finished).
+
+cuDNN benchmark mode is the Config field ``cudnn_benchmark`` (on by default,
+CUDA only), which ``Run.epoch`` applies, so the bench measures what fit does.
+
+``--levers`` (:func:`run_levers`): the speed levers one by one, each on top of
+the ones before (:data:`LEVERS`): a fp32 eager baseline, then bf16,
+channels_last, cuDNN benchmark, fused SGD, the GMM in torch, the
+hallucinator step as a CUDA graph, torch.compile of the model, of the
+warm-up and MixMatch steps, and those steps as CUDA graphs
+(``reduce-overhead``). Every lever runs the same short schedule on the same
+seed and data; its row gives the per-epoch seconds, the projected run and the
+test accuracy after the short run beside the baseline's; the GMM and
+hallucinator levers also compare their two implementations on the run's own
+losses and features (max |omega difference|, same easy sets; same anchors,
+same hard selection).
 
 The CLI options ``--peak-tflops`` and ``--parallel`` (when the CLI has them)
 do the same as the ``bench.`` keys.
@@ -86,7 +102,7 @@ from pathlib import Path
 
 import torch
 
-from . import engine
+from . import engine, selection
 from .config import Config, ConfigError, from_dict, load_config, parse_overrides
 from .data import CIFAR10_CLASSES, DeviceImages, ImageData, load_dataset
 from .run import Run, Timer
@@ -100,8 +116,7 @@ SSL_EPOCH = ("easiness", "hallucination", "hard_select", "ssl", "eval")
 UNITS = {"warmup": "images", "easiness": "images", "hallucination": "anchors", "hard_select": "hard samples",
          "ssl": "images", "eval": "images", "checkpoint": "MB", "predict_train": "images"}
 BENCH_DEFAULTS = {"synthetic": "auto", "n_train": None, "n_test": None, "warmup": 1,
-                  "peak_tflops": DEFAULT_PEAK_TFLOPS, "parallel": 1, "sync_check": False,
-                  "cudnn_benchmark": False}
+                  "peak_tflops": DEFAULT_PEAK_TFLOPS, "parallel": 1, "sync_check": False, "deadline": 0}
 # the Config the bench starts from without a params file: CIFAR-10 shaped, the paper's batch
 BENCH_BASE = {"name": "bench", "dataset": "cifar10", "arch": "preact_resnet18", "noise": "symmetric",
               "noise_rate": 0.4, "progress": False}
@@ -142,9 +157,10 @@ def _check_opts(o: dict) -> dict:
     if isinstance(o["peak_tflops"], bool) or not isinstance(o["peak_tflops"], (int, float)) or o["peak_tflops"] <= 0:
         bad("peak_tflops", "must be a positive number (TFLOP/s)")
     o["peak_tflops"] = float(o["peak_tflops"])
-    for k in ("sync_check", "cudnn_benchmark"):
-        if not isinstance(o[k], bool):
-            bad(k, "must be true or false")
+    if not isinstance(o["sync_check"], bool):
+        bad("sync_check", "must be true or false")
+    if isinstance(o["deadline"], bool) or not isinstance(o["deadline"], (int, float)) or o["deadline"] < 0:
+        bad("deadline", "must be a number of seconds >= 0 (0: no limit)")
     return o
 
 
@@ -260,8 +276,12 @@ def _ce_images(n: int, bs: int) -> tuple:
 
 
 def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: ImageData | None = None,
-              synthetic: bool = False) -> dict:
-    """Time every phase of Alg. 1 on ``cfg``; returns the report (see the module docstring)."""
+              synthetic: bool = False, noisy=None, on_run=None) -> dict:
+    """Time every phase of Alg. 1 on ``cfg``; returns the report (see the module docstring).
+
+    ``data``/``noisy``: use these instead of loading them; ``on_run(run)``:
+    called on the Run after the timed epochs, its dict is the report's ``check``.
+    """
     opts = _check_opts({**BENCH_DEFAULTS, **(opts or {})})
     if epochs < 1:
         raise ConfigError(f"bench: epochs={epochs} must be at least 1")
@@ -269,8 +289,6 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
     warm, peak = opts["warmup"], opts["peak_tflops"]
     reps = warm + epochs
     dev = engine.resolve_device(cfg.device)
-    if dev.type == "cuda" and opts["cudnn_benchmark"]:
-        torch.backends.cudnn.benchmark = True
     setup = {}
     t0 = time.perf_counter()
     if data is None:
@@ -282,7 +300,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
             data = load_dataset(cfg)
     setup["load_data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    data, noisy, _ = prepare(cfg, data, progress=False)
+    data, noisy, _ = prepare(cfg, data, noisy, progress=False)
     setup["noisy_labels"] = time.perf_counter() - t0
 
     # the bench plays `reps` warm-up epochs, then `reps` SSL epochs (+1 of each for the sync check)
@@ -348,11 +366,12 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
     # -- diagnostic: the training-set forward pass alone
     for r in range(reps):
         run.timer.reset()
-        with run.timer.phase("predict_train"):
+        with run.timer.phase("predict_train"), engine.cudnn_benchmark(cfg.cudnn_benchmark, dev):
             engine.predict(model, run.train_x, cfg.eval_batch_size, run.bf16)
         rec.add("predict_train", run.timer.seconds["predict_train"], n, fwd * n)
 
     ckpt_dir.cleanup()
+    check = on_run(run) if on_run is not None else None
     phases = {p: _phase_summary(rec.runs[p], warm, peak, UNITS[p]) for p in PHASES}
     if cfg.variant == "ce":
         for p in ("easiness", "hallucination", "hard_select", "ssl"):
@@ -385,9 +404,11 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
         "data": {"source": "synthetic" if synthetic else data.name, "n_train": n, "n_test": n_test,
                  "shape": list(data.x_train.shape[1:]), "num_classes": run.num_classes},
         "config": cfg.to_dict(),
-        "bench": {"epochs": epochs, "warmup": warm, "peak_tflops": peak, "cudnn_benchmark": opts["cudnn_benchmark"],
+        "bench": {"epochs": epochs, "warmup": warm, "peak_tflops": peak,
+                  "cudnn_benchmark_active": bool(cfg.cudnn_benchmark and dev.type == "cuda"),
                   "bf16_active": bool(run.bf16), "channels_last_active": bool(cfg.channels_last and (dev.type == "cuda" or run.bf16)),
-                  "compile_active": bool(cfg.compile and dev.type == "cuda")},
+                  "compile_active": bool(cfg.compile and engine.compile_active(dev, cfg.compile_backend)),
+                  "compile_step_active": bool(cfg.compile_step and engine.compile_active(dev, cfg.compile_backend))},
         "flops": {"model_forward_per_image": fwd, "model_train_per_image": 3 * fwd,
                   "hallucinator_forward_per_anchor": hal_fwd, "feature_dim": d},
         "setup_seconds": setup,
@@ -403,6 +424,8 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
         report["gmm_and_eq1_seconds"] = phases["easiness"]["seconds_per_epoch"] - phases["predict_train"]["seconds_per_epoch"]
     if opts["sync_check"]:
         report["sync_check"] = _sync_report(sync_counts, dev, cfg, n, n_test, hal_iters)
+    if check is not None:
+        report["check"] = check
     return report
 
 
@@ -491,6 +514,274 @@ def _write_json(path, obj) -> None:
     os.replace(tmp, p)
 
 
+# ---------------------------------------------------------------- the levers, one by one
+#: (name, what it switches on, Config overrides); each lever runs on top of the ones before it
+LEVERS = (
+    ("baseline", "fp32, eager, scikit-learn GMM, eager hallucinator, torch's default SGD, no cuDNN benchmark",
+     {"bf16": False, "channels_last": False, "cudnn_benchmark": False, "sgd_impl": "default", "gmm_backend": "sklearn",
+      "hal_graph": False, "compile": False, "compile_step": False, "compile_mode": "default"}),
+    ("bf16", "bf16 autocast", {"bf16": True}),
+    ("channels_last", "channels_last memory format", {"channels_last": True}),
+    ("cudnn_benchmark", "cuDNN benchmark mode", {"cudnn_benchmark": True}),
+    ("fused_sgd", "fused SGD (one kernel per step)", {"sgd_impl": "fused"}),
+    ("gmm_torch", "the loss GMM in torch on the device", {"gmm_backend": "torch"}),
+    ("hal_graph", "hallucinator step as a CUDA graph", {"hal_graph": True}),
+    ("compile_model", "torch.compile of the model", {"compile": True}),
+    ("compile_step", "torch.compile of the warm-up and MixMatch steps (augmentation included)", {"compile_step": True}),
+    ("cuda_graphs", "the compiled steps as CUDA graphs (mode reduce-overhead)", {"compile_mode": "reduce-overhead"}),
+)
+LEVER_NAMES = tuple(name for name, _, _ in LEVERS)
+
+
+def lever_configs(base: Config, names=None) -> list:
+    """``[(name, what, cfg)]``: the cumulative config of every lever in ``names`` (default all).
+
+    A lever's config holds its own override and those of every lever listed
+    before it in :data:`LEVERS` (whether or not they are in ``names``), so a
+    subset measures the same configurations as the full list.
+    """
+    names = list(LEVER_NAMES if names is None else names)
+    unknown = [n for n in names if n not in LEVER_NAMES]
+    if unknown:
+        raise ConfigError(f"--levers: unknown lever(s) {', '.join(unknown)}; use any of {', '.join(LEVER_NAMES)}")
+    out, changes = [], {}
+    for name, what, over in LEVERS:
+        changes.update(over)
+        if name in names:
+            out.append((name, what, base.replace(**changes)))
+    return out
+
+
+def lever_active(name: str, cfg: Config, dev) -> bool:
+    """Whether the lever changes anything on ``dev`` (bf16, channels_last, cuDNN and CUDA graphs are CUDA-only)."""
+    cuda = torch.device(dev).type == "cuda"
+    comp = engine.compile_active(dev, cfg.compile_backend)
+    return {"baseline": True, "bf16": cuda, "channels_last": cuda, "cudnn_benchmark": cuda, "fused_sgd": True,
+            "gmm_torch": True, "hal_graph": True, "compile_model": comp and not cfg.compile_step,
+            "compile_step": comp, "cuda_graphs": cuda and comp and cfg.compile_backend == "inductor"}[name]
+
+
+@torch.no_grad()
+def check_gmm(run: Run) -> dict:
+    """The torch GMM against scikit-learn's on the run's current losses: omega and the easy sets."""
+    cfg = run.cfg
+    logits, _ = engine.predict(run.model, run.train_x, cfg.eval_batch_size, run.bf16, features=False)
+    losses = selection.per_sample_loss(logits, run.given)
+    t0 = time.perf_counter()
+    a = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed, "sklearn")
+    t1 = time.perf_counter()
+    b = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed, "torch")
+    _sync(run.device)
+    t2 = time.perf_counter()
+    wa, wb = a.omega(run.device), b.omega(run.device)
+    eq1 = [selection.select_easy(w, run.given, run.num_classes, cfg.p) for w in (wa, wb)]
+    thr = [selection.select_gmm(w, cfg.gmm_threshold) for w in (wa, wb)]
+    return {"what": "GMM torch vs scikit-learn on the run's losses", "n": len(losses),
+            "max_abs_omega_diff": float((wa - wb).abs().max()), "same_easy_eq1": bool(torch.equal(*eq1)),
+            "same_easy_threshold": bool(torch.equal(*thr)), "sklearn_seconds": t1 - t0, "torch_seconds": t2 - t1}
+
+
+def check_hal(run: Run) -> dict:
+    """The hallucinator phase as fixed-buffer steps (a CUDA graph on CUDA) against the
+    eager loop, from the same state on the run's current easy features: anchors and
+    the hard selection they make."""
+    import copy
+
+    from .hallucination import StaticHalStep, hallucinate
+
+    cfg = run.cfg
+    ez = run.easiness()
+    sel = run.select_easy(ez.omega)
+    easy = sel.easy_mask.nonzero().squeeze(1)
+    batch = cfg.hal_batch_size or cfg.batch_size
+    iters = cfg.hal_iters or engine.num_iters(len(run.given), batch)
+    hal0, opt0, gen0 = copy.deepcopy(run.hal.state_dict()), copy.deepcopy(run.hal_opt.state_dict()), run.gen.get_state()
+    out = {}
+    for mode in ("eager", "static"):
+        run.hal.load_state_dict(hal0)
+        run.hal_opt.load_state_dict(copy.deepcopy(opt0))  # load_state_dict keeps the given tensors as its state
+        run.gen.set_state(gen0)
+        step = StaticHalStep(run.hal, run.hal_opt, run.model.classifier, batch, cfg.lambda_p, run.device) \
+            if mode == "static" else None
+        out[mode] = hallucinate(run.hal, run.hal_opt, run.model.classifier, ez.feats[easy], run.given[easy],
+                                run.num_classes, iters, batch, cfg.lambda_p, run.gen, static_step=step)
+    run.hal_step = None  # the run's own graph (if any) holds the replaced momentum buffers
+    e, g = out["eager"], out["static"]
+    hard = sel.hard_index
+    hs = [selection.select_hard(r.anchors, r.labels, ez.feats[hard], run.num_classes, cfg.lambda_conf, cfg.k)
+          for r in (e, g)]
+    return {"what": "hallucinator: fixed-buffer steps (CUDA graph on CUDA) vs the eager loop, same state",
+            "anchors": len(e.anchors), "max_abs_anchor_diff": float((e.anchors - g.anchors).abs().max()),
+            "same_parents": bool(torch.equal(e.parents, g.parents)),
+            "loss_diff": float((e.loss - g.loss).abs()),
+            "same_clean_hard": bool(torch.equal(hs[0].clean, hs[1].clean)),
+            "same_corrected": bool(torch.equal(hs[0].corrected, hs[1].corrected))}
+
+
+LEVER_CHECKS = {"gmm_torch": check_gmm, "hal_graph": check_hal}
+
+
+def _lever_row(name: str, rep: dict) -> dict:
+    ph = rep["phases"]
+
+    def sec(p):
+        return ph[p].get("seconds_per_epoch") if not ph[p].get("skipped") else None
+
+    return {"warmup_epoch": rep["epoch_seconds"]["warmup_epoch"], "ssl_epoch": rep["epoch_seconds"]["ssl_epoch"],
+            "warmup": sec("warmup"), "easiness": sec("easiness"), "hallucination": sec("hallucination"),
+            "hard_select": sec("hard_select"), "ssl": sec("ssl"), "eval": sec("eval"),
+            "first_seconds": {p: ph[p].get("first_seconds") for p in ("warmup", "ssl")},
+            "projected_minutes": rep["projected_run"]["minutes"], "test_acc": rep["sanity"].get("test_acc")}
+
+
+def run_levers(params, cfg_sets, opts: dict, epochs: int, json_path, names=None, log=_log) -> dict:
+    """``hallnll bench --levers``: :func:`run_bench` once per lever (see the module docstring).
+
+    Data and noisy labels are made once; every lever runs the same schedule on
+    the same seed. A lever that fails is recorded with its error and the next
+    one runs. The JSON is rewritten after every lever.
+    """
+    base = bench_config(params, cfg_sets)
+    synthetic = _use_synthetic(base, opts, params, cfg_sets)
+    dev = engine.resolve_device(base.device)
+    t_start = time.perf_counter()
+    if synthetic:
+        n_tr = opts["n_train"] or (50000 if dev.type == "cuda" else 4096)
+        n_te = opts["n_test"] or (10000 if dev.type == "cuda" else 1024)
+        data = synthetic_cifar(n_tr, n_te, 100 if base.dataset == "cifar100" else 10, base.seed)
+    else:
+        data = load_dataset(base)
+    data, noisy, _ = prepare(base, data, progress=False)
+    report = {"kind": "hallnll-bench-levers", "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "device": _device_name(dev), "device_type": dev.type, "torch": torch.__version__,
+              "cuda": torch.version.cuda, "python": platform.python_version(), "command": sys.argv,
+              "data": {"source": "synthetic" if synthetic else data.name, "n_train": len(noisy),
+                       "n_test": len(data.y_test), "shape": list(data.x_train.shape[1:])},
+              "base_config": base.to_dict(), "epochs": epochs, "warmup": opts["warmup"],
+              "setup_seconds": time.perf_counter() - t_start, "levers": []}
+    head = ["lever", "active", "warm-up s", "SSL s", "easiness s", "hal s", "ssl s", "proj. min", "test acc %",
+            "vs first", "check"]
+    print(_row_text(head))
+    base_acc = None
+    for name, what, cfg in lever_configs(base, names):
+        entry = {"name": name, "what": what, "active": lever_active(name, cfg, dev),
+                 "config": {k: v for k, v in cfg.to_dict().items() if k in SPEED_KEYS}}
+        elapsed = time.perf_counter() - t_start
+        if opts["deadline"] and elapsed > opts["deadline"]:
+            entry["skipped"] = f"time budget: {elapsed:.0f} s > bench.deadline={opts['deadline']:g} s"
+        else:
+            log(f"bench --levers: {name} ({what}) at {elapsed:.0f} s")
+            torch._dynamo.reset()  # compiled code of the last lever's model and its CUDA graphs go
+            t0 = time.perf_counter()
+            try:
+                rep = run_bench(cfg, epochs, opts, data=data, synthetic=synthetic, noisy=noisy,
+                                on_run=LEVER_CHECKS.get(name))
+                entry.update(_lever_row(name, rep), check=rep.get("check"), report=rep)
+                if base_acc is None and entry["test_acc"] is not None:
+                    base_acc = entry["test_acc"]
+                entry["delta_acc_points"] = 100 * (entry["test_acc"] - base_acc) if entry["test_acc"] is not None else None
+            except Exception as e:  # the next lever still runs
+                import traceback
+
+                entry["error"] = f"{type(e).__name__}: {e}"
+                log(traceback.format_exc())
+            entry["wall_seconds"] = time.perf_counter() - t0
+        report["levers"].append(entry)
+        print(_row_text(_lever_cells(entry)), flush=True)
+        report["wall_seconds"] = time.perf_counter() - t_start
+        _write_json(json_path, report)
+    return report
+
+
+SPEED_KEYS = ("bf16", "channels_last", "cudnn_benchmark", "sgd_impl", "gmm_backend", "hal_graph", "compile",
+              "compile_step", "compile_mode", "compile_backend")
+_WIDTHS = (15, 6, 9, 7, 10, 7, 7, 9, 10, 8, 0)
+
+
+def _row_text(cells) -> str:
+    return "  ".join(str(c).ljust(w) for c, w in zip(cells, _WIDTHS)).rstrip()
+
+
+def _check_text(c) -> str:
+    if not c:
+        return "-"
+    if "max_abs_omega_diff" in c:
+        return (f"max omega diff {c['max_abs_omega_diff']:.1e}, easy sets "
+                f"{'same' if c['same_easy_eq1'] and c['same_easy_threshold'] else 'DIFFER'}")
+    return (f"max anchor diff {c['max_abs_anchor_diff']:.1e}, parents {'same' if c['same_parents'] else 'DIFFER'}, "
+            f"hard selection {'same' if c['same_clean_hard'] and c['same_corrected'] else 'DIFFERS'}")
+
+
+def _lever_cells(e: dict) -> list:
+    if e.get("skipped") or e.get("error"):
+        return [e["name"], "yes" if e["active"] else "no", "-", "-", "-", "-", "-", "-", "-", "-",
+                "skipped: " + e["skipped"] if e.get("skipped") else "FAILED: " + e["error"][:200]]
+
+    def f(v, fmt="{:.3f}"):
+        return "-" if v is None else fmt.format(v)
+
+    return [e["name"], "yes" if e["active"] else "no", f(e["warmup_epoch"]), f(e["ssl_epoch"]), f(e["easiness"]),
+            f(e["hallucination"]), f(e["ssl"]), f(e["projected_minutes"], "{:.1f}"), f(e["test_acc"] and 100 * e["test_acc"], "{:.2f}"),
+            f(e.get("delta_acc_points"), "{:+.2f}"), _check_text(e.get("check"))]
+
+
+def speed_summary(folder) -> str:
+    """The rows for benchmarks/README.md from the files of ``benchmarks/gpu-speed.sh OUTDIR``
+    (env.txt, resnet34.json, parallel.json, levers.json); what is missing is said so."""
+    folder = Path(folder)
+
+    def load(name):
+        p = folder / name
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+
+    env = (folder / "env.txt").read_text().strip() if (folder / "env.txt").is_file() else "env.txt missing"
+    lines = ["## Speed levers: the figures of benchmarks/gpu-speed.sh", "", "```", env, "```", ""]
+    lev = load("levers.json")
+    if lev is None:
+        lines += ["levers: **missing** (see levers.log)", ""]
+    else:
+        d = lev["data"]
+        lines += [f"Levers on {lev['device']} (torch {lev['torch']}), {d['source']} {d['n_train']} train / "
+                  f"{d['n_test']} test, {lev['base_config']['arch']}, batch {lev['base_config']['batch_size']}, "
+                  f"{lev['warmup']} excluded + {lev['epochs']} measured epoch(s) of each kind per lever, seed "
+                  f"{lev['base_config']['seed']}; each lever on top of the ones above it:", "",
+                  "| lever | active | warm-up epoch s | SSL epoch s | easiness s | hallucination s | ssl s | "
+                  "projected 200 epochs, min | test acc % (short run) | vs baseline, points | check |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        done = {e["name"] for e in lev["levers"]}
+        for e in lev["levers"]:
+            lines.append("| " + " | ".join(str(c) for c in _lever_cells(e)) + " |")
+        for name in LEVER_NAMES:
+            if name not in done and name != "compile_model":
+                lines.append(f"| {name} | | | | | | | | | | not run (time limit of the step; see levers.log) |")
+        lines.append("")
+    r34 = load("resnet34.json")
+    if r34 is None:
+        lines += ["Step 1 (ResNet-34): **missing** (see resnet34.log)", ""]
+    else:
+        e, pr = r34["epoch_seconds"], r34["projected_run"]
+        lines += [f"Step 1, {r34['config']['arch']} on {r34['device']}, {r34['data']['source']} (defaults + fused SGD + "
+                  f"hallucinator graph): warm-up epoch {e['warmup_epoch']:.3f} s, SSL epoch {e['ssl_epoch']:.3f} s "
+                  f"(|labeled| {r34['sanity'].get('n_labeled')}), projected {pr['epochs']} epochs "
+                  f"{pr['minutes']:.1f} min."]
+        sc = r34.get("sync_check")
+        if sc and not sc.get("skipped"):
+            lines.append("Host synchronisations per Run step: " + ", ".join(
+                f"{k} {v['syncs']}" for k, v in sc.items() if isinstance(v, dict)) + ".")
+        lines.append("")
+    par = load("parallel.json")
+    if par is None or not par.get("complete"):
+        lines += ["3 seeds at once: **missing or incomplete** (see parallel.log)", ""]
+    else:
+        lines += [f"`train --seeds 3 --parallel 3` against one seed (same short schedule): "
+                  f"{par['three_parallel_wall_seconds']:.1f} s vs {par['one_wall_seconds']:.1f} s, "
+                  f"ratio {par['ratio']:.2f} (target <= 1.5).", ""]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- parallel mode
 def run_parallel(params, cfg_sets, opts: dict, epochs: int, json_path, n: int) -> dict:
     """N bench processes on the same device at once; per-phase throughput summed."""
@@ -567,6 +858,15 @@ def main(args) -> int:
     params = getattr(args, "params", None)
     epochs = int(getattr(args, "epochs", 3) or 3)
     json_path = getattr(args, "json", None) or "bench.json"
+    levers = getattr(args, "levers", None)
+    if levers:
+        names = None if levers == "all" else [x.strip() for x in levers.split(",") if x.strip()]
+        lever_configs(bench_config(params, cfg_sets), names)  # check the names before anything runs
+        report = run_levers(params, cfg_sets, opts, epochs, json_path, names)
+        print(f"hallnll bench --levers on {report['device']} (torch {report['torch']}), {report['data']['source']} "
+              f"{report['data']['n_train']} train: {len(report['levers'])} levers in {report['wall_seconds']:.0f} s")
+        print(f"wrote {json_path}")
+        return 0
     if opts["parallel"] > 1:
         report = run_parallel(params, cfg_sets, opts, epochs, json_path, opts["parallel"])
         print(f"hallnll bench: {report['parallel']} concurrent runs on {report['device']}, wall "

@@ -4,7 +4,7 @@
     hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N]
     hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
     hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list]
-    hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N]
+    hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N] [--levers [NAMES]]
     hallnll fidelity [--params P] [--set k=v ...] [--seeds N] [--parallel N] [--out DIR]
 
 Errors in the input (config, data, labels) print one line ``error: ...`` and
@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default="bench.json")
     b.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s the %% column refers to (default 800, dense bf16 H100)")
     b.add_argument("--parallel", type=int, default=None, help="run N bench processes at once on one device and sum their throughput")
+    b.add_argument("--levers", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="one row per speed lever, each on top of the ones before (all, or a comma list of: "
+                        "baseline, bf16, channels_last, cudnn_benchmark, fused_sgd, gmm_torch, hal_graph, "
+                        "compile_model, compile_step, cuda_graphs)")
     b.set_defaults(fn=cmd_bench)
 
     f = sub.add_parser("fidelity", help="ce/gmm/easy/hallnll on clean and noisy labels of a real CIFAR-10 subset")

@@ -138,7 +138,6 @@ class Config:
     # is slower, hence off by default. The fidelity check sets it, which also
     # puts its CPU runs on the same bf16 + channels_last path as the GPU's.
     cpu_bf16: bool = False
-    compile: bool = False  # torch.compile the model (CUDA)
     eval_batch_size: int = 1024
     # BatchNorm statistics are re-estimated after every training epoch
     # (warm-up, ce and SSL) on this many augmented, un-mixed training images
@@ -158,6 +157,38 @@ class Config:
     diagnostics: bool = True
     checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end)
     progress: bool = True  # tqdm progress bars
+
+    # ---- speed levers (each measured by `hallnll bench --levers`, benchmarks/README.md) ----
+    # The loss GMM of §3.1: "torch" fits it on the device of the losses with
+    # scikit-learn's algorithm step for step (k-means++ draws from
+    # RandomState(seed), Lloyd and its stopping rules, EM, tol, reg_covar;
+    # float64; no host round-trip); "sklearn" runs scikit-learn's
+    # GaussianMixture on the host. Same omega on the losses of the tests
+    # (tests/test_levers.py); torch is the default because it was also the
+    # faster on the CPU (benchmarks/README.md, "CPU figures for the levers").
+    gmm_backend: str = "torch"
+    # The hallucinator phase's I_max updates of h_phi, each captured once as a
+    # CUDA graph and replayed (CUDA; elsewhere the same fixed-buffer step runs
+    # eagerly). Same kernels and draws as the eager loop; off until measured.
+    hal_graph: bool = False
+    # torch.optim.SGD's implementation: default (torch's choice: foreach on
+    # CUDA, a per-parameter loop on the CPU), foreach, or fused (one kernel).
+    sgd_impl: str = "default"
+    # cuDNN benchmark mode during Run.epoch (CUDA only; the process-wide flag
+    # is restored after each epoch): every training step has one shape, so
+    # cuDNN times its convolution algorithms once per shape and keeps the fastest.
+    cudnn_benchmark: bool = True
+    # torch.compile the model for the training steps (compile) and/or the
+    # whole warm-up and MixMatch steps, augmentation included (compile_step;
+    # it compiles the model inside the step, so it does not need compile).
+    # Applied on CUDA, or on any device with a compile_backend other than
+    # inductor (aot_eager: how the CPU tests check the compiled paths).
+    # compile_mode (inductor): default | reduce-overhead (CUDA graphs) |
+    # max-autotune | max-autotune-no-cudagraphs.
+    compile: bool = False
+    compile_step: bool = False
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
 
     # ------------------------------------------------------------------------
     def validate(self) -> "Config":
@@ -223,6 +254,14 @@ class Config:
                 bad("cifar_n_file", "is empty: point it at CIFAR-10_human.pt/.npz or CIFAR-100_human.pt/.npz")
         if self.dataset == "folder" and not self.folder_train_csv:
             bad("folder_train_csv", "is empty: dataset=folder needs a CSV with columns path,label")
+        if self.gmm_backend not in ("torch", "sklearn"):
+            bad("gmm_backend", "use torch (on the device) or sklearn (scikit-learn on the host)")
+        if self.sgd_impl not in ("default", "foreach", "fused"):
+            bad("sgd_impl", "use default, foreach or fused")
+        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+            bad("compile_mode", "use default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs")
+        if not self.compile_backend:
+            bad("compile_backend", "is empty: use inductor (the default) or aot_eager / eager for checks")
         if not 0.0 < self.folder_test_fraction < 1.0:
             bad("folder_test_fraction", "must lie in (0, 1)")
         return self

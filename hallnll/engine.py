@@ -1,9 +1,12 @@
 """Training primitives shared by every step: device choice, autocast, the
-optimiser, one cross-entropy epoch (the warm-up of Alg. 1, lines 2-3) and a
-large-batch evaluation pass that returns logits and features f_theta(x).
+optimiser, the speed switches (cuDNN benchmark mode, torch.compile), one
+cross-entropy epoch (the warm-up of Alg. 1, lines 2-3) and a large-batch
+evaluation pass that returns logits and features f_theta(x).
 
 No host synchronisation inside the iteration loops: losses are summed on the
-device and read once per epoch.
+device and read once per epoch. Every training step has the same batch shape
+(the ragged last batch of an epoch is dropped), so compiled steps and CUDA
+graphs see one shape.
 """
 from __future__ import annotations
 
@@ -13,7 +16,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data.gpu import DeviceImages
+from .data.gpu import DeviceImages, augment_draws
+
+SGD_IMPLS = ("default", "foreach", "fused")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -39,8 +45,53 @@ def use_bf16(cfg, device: torch.device) -> bool:
     return bool(cfg.bf16) and (device.type == "cuda" or (device.type == "cpu" and bool(cfg.cpu_bf16)))
 
 
-def make_optimizer(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+def make_optimizer(params, lr: float, momentum: float, weight_decay: float, impl: str = "default") -> torch.optim.Optimizer:
+    """SGD; ``impl`` picks torch's implementation: ``default`` (torch's choice:
+    foreach on CUDA, a loop over parameters on the CPU), ``foreach`` or
+    ``fused`` (one kernel for all parameters). All compute the same update."""
+    if impl not in SGD_IMPLS:
+        raise ValueError(f"sgd implementation {impl!r}: use one of {', '.join(SGD_IMPLS)}")
+    kw = {"foreach": True} if impl == "foreach" else {"fused": True} if impl == "fused" else {}
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(on: bool, device: torch.device):
+    """cuDNN benchmark mode (on CUDA, when ``on``) for the duration of the block, then
+    the previous setting again: the process-wide flag is not left changed."""
+    if not on or torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def compile_active(device: torch.device, backend: str = "inductor") -> bool:
+    """Whether torch.compile is applied: on CUDA, or with a backend other than
+    inductor (aot_eager / eager, for checks on the CPU). Inductor on a CPU
+    generates C++ for minutes and the compile switches are GPU levers."""
+    return torch.device(device).type == "cuda" or backend != "inductor"
+
+
+def compiled(fn, mode: str = "default", backend: str = "inductor"):
+    """``torch.compile(fn)`` with static shapes; ``mode`` applies to inductor only
+    (``reduce-overhead`` replays CUDA graphs)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode {mode!r}: use one of {', '.join(COMPILE_MODES)}")
+    kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
+    return torch.compile(fn, backend=backend, dynamic=False, **kw)
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device``; to CUDA from pinned memory without blocking the host."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -53,23 +104,36 @@ def step_lr(base_lr: float, epoch: int, decay_epoch: int) -> float:
     return base_lr / 10.0 if epoch >= decay_epoch else base_lr
 
 
+def ce_loss(model, images: DeviceImages, idx: torch.Tensor, draws: tuple, labels: torch.Tensor, padding: int = 4,
+            bf16: bool = False) -> torch.Tensor:
+    """One warm-up step's loss: the augmented batch ``idx`` (random numbers
+    ``draws`` from :func:`hallnll.data.gpu.augment_draws`), cross-entropy
+    against ``labels[idx]``. A pure function of tensors (compilable)."""
+    x = images.augmented(idx, draws, padding)
+    with autocast(images.device, bf16):
+        return F.cross_entropy(model(x), labels[idx])
+
+
 def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size: int, generator,
-             padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None) -> torch.Tensor:
+             padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None, loss_fn=None) -> torch.Tensor:
     """One epoch of cross-entropy on (augmented) images and the given labels.
 
-    Returns the mean loss as a 0-dim device tensor (read it once per epoch).
+    ``n // batch_size`` steps of ``batch_size`` images (the ragged last batch
+    is dropped, so every step has the same shape); one step of all ``n``
+    images when ``n < batch_size``. ``loss_fn`` replaces :func:`ce_loss`
+    (e.g. its compiled version). Returns the mean loss as a 0-dim device
+    tensor (read it once per epoch).
     """
     model.train()
+    loss_fn = loss_fn or ce_loss
     n = len(images)
     perm = torch.randperm(n, device=images.device, generator=generator)
     total = torch.zeros((), device=images.device)
     steps = max(1, n // batch_size) if n >= batch_size else 1
     for i in range(steps):
         idx = perm[i * batch_size:(i + 1) * batch_size]
-        x = images.batch(idx, augment=True, padding=padding, hflip=hflip, generator=generator)
-        y = labels[idx]
-        with autocast(images.device, bf16):
-            loss = F.cross_entropy(model(x), y)
+        draws = augment_draws(len(idx), padding, hflip, generator, images.device)
+        loss = loss_fn(model, images, idx, draws, labels, padding, bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

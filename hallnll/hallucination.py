@@ -55,23 +55,35 @@ def hallucination_loss(s_a, s_u, s_v, logits_a, y_u, lambda_p: float = 0.6):
 def sample_partners(labels: torch.Tensor, u_idx: torch.Tensor, num_classes: int, generator=None) -> torch.Tensor:
     """For each anchor parent u, a random easy sample v with a different label.
 
-    ``labels`` are the labels of the easy set; returns positions in it. Draws a
-    class uniformly among the other classes that have easy samples, then a
-    member of that class uniformly, all batched.
+    ``labels`` are the labels of the easy set; returns positions in it, shaped
+    like ``u_idx``. Draws a class uniformly among the other classes that have
+    easy samples, then a member of that class uniformly, all batched.
+
+    ``u_idx`` may be ``[I, B]``: the parents of I iterations. The random
+    numbers are then drawn iteration by iteration, in the order I calls on
+    ``[B]`` would draw them (so the partners are the same, bit for bit), and
+    everything else is computed once. The class draw is what
+    ``torch.multinomial(w, 1)`` does (an Exp(1) draw q, argmax of w / q),
+    without its two host reads that check w.
     """
     dev = labels.device
+    u2 = u_idx.reshape(-1, u_idx.shape[-1]) if u_idx.dim() > 1 else u_idx[None]
     counts = torch.bincount(labels, minlength=num_classes)
     present = counts > 0  # the caller checks once that >= 2 classes are present (no host sync here)
     order = torch.argsort(labels, stable=True)
     starts = torch.cumsum(counts, 0) - counts
-    y_u = labels[u_idx]
+    y_u = labels[u2]
     # choose among present classes except y_u: weight 1 for present, 0 otherwise
-    w = present.float().expand(len(u_idx), num_classes).clone()
-    w[torch.arange(len(u_idx), device=dev), y_u] = 0.0
-    cls = torch.multinomial(w, 1, generator=generator).squeeze(1)
-    r = torch.rand(len(u_idx), device=dev, generator=generator)
+    w = present.float().expand(*u2.shape, num_classes).clone()
+    w.scatter_(2, y_u[..., None], 0.0)
+    q = torch.empty_like(w)
+    r = torch.empty(u2.shape, device=dev)
+    for i in range(len(u2)):  # torch.multinomial(w[i], 1), then torch.rand(B), per iteration
+        q[i].exponential_(1, generator=generator)
+        r[i].uniform_(0, 1, generator=generator)
+    cls = (w / q).argmax(-1)
     pos = starts[cls] + (r * counts[cls]).long().clamp_max(counts[cls] - 1)
-    return order[pos]
+    return order[pos].reshape(u_idx.shape)
 
 
 @dataclass
@@ -84,14 +96,87 @@ class HallucinationResult:
     ce: torch.Tensor
 
 
+class StaticHalStep:
+    """One update of h_phi (Alg. 1 lines 11-14) on fixed buffers, so that on
+    CUDA it is captured once as a CUDA graph and replayed for every iteration.
+
+    The buffers: the mini-batch ``s_u``, ``s_v``, ``y_u`` (filled by the
+    caller), the frozen g_rho (``w``, ``b``, copied in once per phase), the
+    anchors ``s_a`` the step made, and the running sums of (L_hal,
+    closeness, CE). The step is the eager one, op for op: on the CPU it runs
+    eagerly (what the tests compare with the plain loop); on CUDA the first
+    :attr:`WARMUP` steps after (re)building run eagerly on a side stream (real
+    steps of the phase, as CUDA graph capture asks), then one step is
+    captured (capture records, it does not run) and replayed. The graph bakes
+    in the learning rate: it is captured again when the rate changes. Build a
+    new one after loading an optimiser state (the momentum buffers change).
+    """
+
+    WARMUP = 3
+
+    def __init__(self, hallucinator: Hallucinator, optimizer, classifier: nn.Linear, batch_size: int,
+                 lambda_p: float, device):
+        dev = torch.device(device)
+        d, c = classifier.in_features, classifier.out_features
+        self.hal, self.opt, self.lambda_p = hallucinator, optimizer, lambda_p
+        self.s_u = torch.zeros(batch_size, d, device=dev)
+        self.s_v = torch.zeros(batch_size, d, device=dev)
+        self.y_u = torch.zeros(batch_size, dtype=torch.long, device=dev)
+        self.w = torch.zeros(c, d, device=dev)
+        self.b = torch.zeros(c, device=dev) if classifier.bias is not None else None
+        self.s_a = torch.zeros(batch_size, d, device=dev)
+        self.tot = torch.zeros(3, device=dev)
+        self.use_graph = dev.type == "cuda"
+        self.graph, self.graph_lr, self.warm = None, None, 0
+        self.stream = torch.cuda.Stream(dev) if self.use_graph else None
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        s_a = self.hal(self.s_u, self.s_v)
+        loss, clo, ce = hallucination_loss(s_a, self.s_u, self.s_v, F.linear(s_a, self.w, self.b), self.y_u,
+                                           self.lambda_p)
+        loss.backward()
+        self.opt.step()
+        self.s_a.copy_(s_a.detach())
+        self.tot += torch.stack([loss.detach(), clo.detach(), ce.detach()])
+
+    def run(self) -> None:
+        """One iteration on the current buffers: eager, a warm-up step, or a graph replay."""
+        if not self.use_graph:
+            return self.step()
+        lr = self.opt.param_groups[0]["lr"]
+        if self.graph is not None and self.graph_lr == lr:
+            return self.graph.replay()
+        if self.warm < self.WARMUP:
+            self.warm += 1
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                self.step()
+            torch.cuda.current_stream().wait_stream(self.stream)
+            return None
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.step()
+        self.graph_lr, self.warm = lr, 0
+        self.graph.replay()
+
+
 def hallucinate(hallucinator: Hallucinator, optimizer, classifier: nn.Linear, easy_feats: torch.Tensor,
                 easy_labels: torch.Tensor, num_classes: int, iters: int, batch_size: int,
-                lambda_p: float = 0.6, generator=None) -> HallucinationResult:
+                lambda_p: float = 0.6, generator=None, static_step: StaticHalStep | None = None) -> HallucinationResult:
     """The hallucinator training phase: ``iters`` updates of phi on Eq. 2.
 
     Each iteration draws a mini-batch of easy parents s_u (a permutation of
     the easy set, repeated as needed), a partner s_v of another class for
     each, produces the anchors, keeps them in S_hal and takes one step.
+
+    The random draws of all iterations are made first (they do not depend on
+    phi; the same numbers as drawing them iteration by iteration), then the
+    ``iters`` sequential updates run, each as Alg. 1 lines 10-14. With
+    ``static_step`` (:class:`StaticHalStep`, built for this hallucinator,
+    optimiser and ``batch_size``) each update runs on its buffers: a CUDA
+    graph replay on CUDA, the same eager step elsewhere.
     """
     dev = easy_feats.device
     n = len(easy_feats)
@@ -100,25 +185,40 @@ def hallucinate(hallucinator: Hallucinator, optimizer, classifier: nn.Linear, ea
     w = classifier.weight.detach().float()
     b = classifier.bias.detach().float() if classifier.bias is not None else None
     feats = easy_feats.detach().float()
-    anchors, labels, parents = [], [], []
-    tot = torch.zeros(3, device=dev)
     perm = torch.randperm(n, device=dev, generator=generator)
     reps = -(-iters * batch_size // n)
     if reps > 1:
         perm = torch.cat([perm] + [torch.randperm(n, device=dev, generator=generator) for _ in range(reps - 1)])
+    u_all = perm[:iters * batch_size].view(iters, batch_size)
+    v_all = sample_partners(easy_labels, u_all, num_classes, generator)
+    y_all = easy_labels[u_all]
+    anchors = torch.empty(iters, batch_size, feats.shape[1], device=dev)
     hallucinator.train()
-    for it in range(iters):
-        u = perm[it * batch_size:(it + 1) * batch_size]
-        v = sample_partners(easy_labels, u, num_classes, generator)
-        s_u, s_v, y_u = feats[u], feats[v], easy_labels[u]
-        s_a = hallucinator(s_u, s_v)
-        loss, clo, ce = hallucination_loss(s_a, s_u, s_v, F.linear(s_a, w, b), y_u, lambda_p)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        anchors.append(s_a.detach())
-        labels.append(y_u)
-        parents.append(torch.stack([u, v], 1))
-        tot += torch.stack([loss.detach(), clo.detach(), ce.detach()])
+    if static_step is not None:
+        st = static_step
+        st.w.copy_(w)
+        if st.b is not None:
+            st.b.copy_(b)
+        st.tot.zero_()
+        for it in range(iters):
+            torch.index_select(feats, 0, u_all[it], out=st.s_u)
+            torch.index_select(feats, 0, v_all[it], out=st.s_v)
+            st.y_u.copy_(y_all[it])
+            st.run()
+            anchors[it] = st.s_a
+        tot = st.tot.clone()
+    else:
+        tot = torch.zeros(3, device=dev)
+        for it in range(iters):
+            u, v, y_u = u_all[it], v_all[it], y_all[it]
+            s_u, s_v = feats[u], feats[v]
+            s_a = hallucinator(s_u, s_v)
+            loss, clo, ce = hallucination_loss(s_a, s_u, s_v, F.linear(s_a, w, b), y_u, lambda_p)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            anchors[it] = s_a.detach()
+            tot += torch.stack([loss.detach(), clo.detach(), ce.detach()])
     tot = tot / max(iters, 1)
-    return HallucinationResult(torch.cat(anchors), torch.cat(labels), torch.cat(parents), tot[0], tot[1], tot[2])
+    parents = torch.stack([u_all, v_all], -1).reshape(-1, 2)
+    return HallucinationResult(anchors.reshape(-1, feats.shape[1]), y_all.reshape(-1), parents, tot[0], tot[1], tot[2])

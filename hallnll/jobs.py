@@ -10,12 +10,17 @@ seed and an output folder; it runs in this process, or through a notebook
 
 The skip rule (:func:`finished`): a job is done when its folder holds
 ``summary.json`` and a ``config.yaml`` whose :func:`config_hash` equals the
-job's; a folder with other settings is run again (``fit`` resumes from its
-checkpoint when the noisy labels agree).
+job's (a setting the saved file lacks, added to Config after the run, counts
+at its default); a folder with other settings is run again (``fit`` resumes
+from its checkpoint when the noisy labels agree).
 
-``parallel > 1`` runs that many jobs at once in worker processes, each with
-``cpu_count // parallel`` threads (torch's, and OpenMP/MKL's in a notebook's
-kernel). A failed job is reported in its result; the others go on.
+``parallel > 1`` runs that many jobs at once in worker processes (on one GPU
+they share it), each with its share of the CPUs this process may use
+(:func:`worker_threads`): torch's intra-op threads, one inter-op thread, and
+``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` for the
+libraries a worker loads (and a notebook's kernel), so N workers never ask for
+more threads than there are CPUs. A failed job is reported in its result; the
+others go on.
 """
 from __future__ import annotations
 
@@ -59,7 +64,8 @@ class Job:
 
 
 def finished(job: Job) -> bool:
-    """The skip rule: ``summary.json`` beside a ``config.yaml`` of the same :func:`config_hash`."""
+    """The skip rule: ``summary.json`` beside a ``config.yaml`` of the same :func:`config_hash`
+    (settings missing from the saved file at their defaults)."""
     import yaml
 
     out = Path(job.out_dir)
@@ -69,7 +75,9 @@ def finished(job: Job) -> bool:
         saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
     except yaml.YAMLError:
         return False
-    return config_hash(saved) == config_hash(job.config())
+    if not isinstance(saved, dict):
+        return False
+    return config_hash({**Config().to_dict(), **saved}) == config_hash(job.config())
 
 
 def _result(job: Job, t0: float, **fields) -> dict:
@@ -101,7 +109,12 @@ def execute(job: Job, resume: bool = True, data=None, noisy=None) -> dict:
     summary = out / "summary.json"
     if not summary.is_file():
         return _result(job, t0, ok=False, error=f"the notebook finished but wrote no {summary}")
-    return _result(job, t0, ok=True, summary=json.loads(summary.read_text()))
+    res = _result(job, t0, ok=True, summary=json.loads(summary.read_text()))
+    if not job.notebook:  # the threads the run had (a worker's share, see run_jobs)
+        import torch
+
+        res["threads"] = {"torch": torch.get_num_threads(), **{k: os.environ.get(k) for k in THREAD_ENV}}
+    return res
 
 
 def _execute_notebook(job: Job) -> None:
@@ -124,6 +137,33 @@ def _message(e: Exception, job: Job) -> str:
         msg = first_error(job.executed_notebook) or msg
     lines = msg.strip().splitlines()
     return lines[-1][:500] if lines else type(e).__name__
+
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_threads(parallel: int) -> int:
+    """CPU threads for each of ``parallel`` workers: the CPUs this process may use, shared out (at least 1)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, n // max(1, parallel))
+
+
+def _worker_init(threads: int) -> None:
+    """A worker process's share of the CPUs, set before it runs any job: the
+    variables for OpenMP / MKL / OpenBLAS (read by the libraries the job
+    loads), torch's intra-op threads and one inter-op thread."""
+    for k in THREAD_ENV:
+        os.environ[k] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # inter-op work already ran in this process
+        pass
 
 
 def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data=None, noisy=None) -> list:
@@ -155,9 +195,10 @@ def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data
             log(f"  [{k}/{n}] run   {jobs[i].label} -> {jobs[i].out_dir}")
             report(k, i, execute(jobs[i], resume, data, noisy))
         return results
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    threads = worker_threads(min(parallel, n))
     noisy_list = noisy.tolist() if noisy is not None else None  # tensors stay in this process
-    with cf.ProcessPoolExecutor(max_workers=min(parallel, n), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with cf.ProcessPoolExecutor(max_workers=min(parallel, n), mp_context=multiprocessing.get_context("spawn"),
+                                initializer=_worker_init, initargs=(threads,)) as pool:
         futs = {}
         for i in todo:
             jobs[i].threads = jobs[i].threads or threads
@@ -195,6 +236,10 @@ def run_seeds(params, overrides, out, seeds: int = 3, parallel: int = 1, resume:
     if not resume or not all(finished(j) for j in jobs):
         data, noisy, rep = prepare(cfg)
         atomic_write_text(out / "noise_report.txt", str(rep) + "\n")
+        import torch
+
+        if torch.cuda.is_initialized():  # classification noise trained here: free the cache for the workers
+            torch.cuda.empty_cache()
     results = run_jobs(jobs, parallel, log, resume, data, noisy)
     summaries = []
     for r in results:

@@ -45,7 +45,7 @@ import torch
 from . import engine, reporting, selection, ssl
 from .config import Config
 from .data import DeviceImages, ImageData
-from .hallucination import HallucinationResult, Hallucinator, hallucinate
+from .hallucination import HallucinationResult, Hallucinator, StaticHalStep, hallucinate
 from .models import build_model
 
 
@@ -160,10 +160,22 @@ class Run:
         self.true = data.y_train.to(dev) if data.train_labels_known else None
         self.y_test = data.y_test.to(dev)
         self.model = model
-        self.train_model = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
-        self.opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
+        # the compile levers (Config.compile, compile_step): compiled steps get the plain model and compile it inside
+        comp = (cfg.compile or cfg.compile_step) and engine.compile_active(dev, cfg.compile_backend)
+        compile_model = comp and cfg.compile and not cfg.compile_step
+        self.train_model = engine.compiled(model, cfg.compile_mode, cfg.compile_backend) if compile_model else model
+        self.ce_loss = engine.compiled(engine.ce_loss, cfg.compile_mode, cfg.compile_backend) \
+            if comp and cfg.compile_step else None
+        self.mixmatch_loss = engine.compiled(ssl.mixmatch_loss, cfg.compile_mode, cfg.compile_backend) \
+            if comp and cfg.compile_step else None
+        if self.ce_loss is not None:  # tensors the compiled steps read whole: CUDA graphs must not copy them
+            for t in (self.train_x.x, self.train_x.mean, self.train_x.std, self.given):
+                torch._dynamo.mark_static_address(t)
+        self.opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl)
         # h_phi's optimiser: SGD with the model's momentum and weight decay, lr hal_lr or lr
-        self.hal_opt = engine.make_optimizer(self.hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay)
+        self.hal_opt = engine.make_optimizer(self.hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
+                                             cfg.sgd_impl)
+        self.hal_step: Optional[StaticHalStep] = None  # Config.hal_graph: built at the first hallucination phase
         self.gen = torch.Generator(dev).manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.timer = Timer(dev)
@@ -178,7 +190,7 @@ class Run:
         cfg = self.cfg
         with self.timer.phase("warmup"):
             return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
-                                   cfg.crop_padding, cfg.hflip, self.bf16)
+                                   cfg.crop_padding, cfg.hflip, self.bf16, loss_fn=self.ce_loss)
 
     def easiness(self) -> Easiness:
         """Alg. 1 line 6 (§3.1): logits and features of the training images, the
@@ -187,7 +199,7 @@ class Run:
         with self.timer.phase("easiness"):
             logits, feats = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16)
             losses = selection.per_sample_loss(logits, self.given)
-            gmm = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed)
+            gmm = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed, cfg.gmm_backend)
             return Easiness(logits, feats, losses, gmm, gmm.omega(losses.device))
 
     def select_easy(self, omega: torch.Tensor) -> Selection:
@@ -209,8 +221,11 @@ class Run:
             easy_idx = sel.easy_mask.nonzero().squeeze(1)
             batch = cfg.hal_batch_size or cfg.batch_size
             iters = cfg.hal_iters or engine.num_iters(len(self.given), batch)
+            if cfg.hal_graph and self.hal_step is None:
+                self.hal_step = StaticHalStep(self.hal, self.hal_opt, self.model.classifier, batch, cfg.lambda_p,
+                                              self.device)
             return hallucinate(self.hal, self.hal_opt, self.model.classifier, feats[easy_idx], self.given[easy_idx],
-                               self.num_classes, iters, batch, cfg.lambda_p, self.gen)
+                               self.num_classes, iters, batch, cfg.lambda_p, self.gen, static_step=self.hal_step)
 
     def select_hard(self, feats: torch.Tensor, sel: Selection, hal: HallucinationResult,
                     lambda_conf: float | None = None) -> Selection:
@@ -246,7 +261,7 @@ class Run:
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
                                  sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
-                                 self.rng, iters, bf16=self.bf16)
+                                 self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16)
 
     def recalibrate_bn(self) -> None:
         """After a training epoch: re-estimate the BatchNorm statistics on
@@ -341,7 +356,12 @@ class Run:
     def epoch(self) -> dict:
         """Run the next epoch of Alg. 1 for ``cfg.variant``; append its metrics row
         to :attr:`history` and return it. Raises :class:`TrainingError` on a
-        non-finite loss (the run's state is then not to be saved)."""
+        non-finite loss (the run's state is then not to be saved). Runs in
+        cuDNN benchmark mode where ``cfg.cudnn_benchmark`` (CUDA)."""
+        with engine.cudnn_benchmark(self.cfg.cudnn_benchmark, self.device):
+            return self._epoch()
+
+    def _epoch(self) -> dict:
         cfg, t = self.cfg, self.epochs_done
         self.timer.reset()
         lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
@@ -405,6 +425,7 @@ class Run:
         self.opt.load_state_dict(state["opt"])
         self.hal.load_state_dict(state["hal"])
         self.hal_opt.load_state_dict(state["hal_opt"])
+        self.hal_step = None  # its CUDA graph holds the replaced momentum buffers
         self.gen.set_state(state["gen"].cpu())
         self.rng.bit_generator.state = state["rng"]
         self.history, self.epochs_done, self.last = state["history"], state["epoch"], state.get("last", {})

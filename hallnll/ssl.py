@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .engine import autocast
+from .data.gpu import augment_draws
+from .engine import autocast, to_device
 
 
 def sharpen(p: torch.Tensor, t: float) -> torch.Tensor:
@@ -77,14 +78,55 @@ def ssl_loss(logits: torch.Tensor, mixed_targets: torch.Tensor, n_labeled: int, 
     return loss, l_ce, l_mse
 
 
+def mixmatch_loss(model, images, il: torch.Tensor, iu, draws: list, y_l: torch.Tensor, w_l: torch.Tensor, lam,
+                  perm: torch.Tensor, lambda_u, num_classes: int, sharpen_t: float, lambda_prior: float,
+                  padding: int = 4, bf16: bool = False):
+    """One MixMatch step's loss (Eq. 3) from its batch and its random numbers.
+
+    ``il``/``iu`` index the labeled/unlabeled images (``iu`` None: no
+    unlabeled part); ``draws`` are the augmentation draws of the views
+    (labeled 1, 2, unlabeled 1, 2); ``y_l``/``w_l`` the labels and refinement
+    weights of ``il``; ``lam`` the mixup coefficient and ``perm`` its
+    permutation; ``lambda_u`` the weight of L_MSE. A pure function of its
+    arguments (no generator inside), so it can be compiled. Returns
+    ``(loss, l_ce, l_mse)``.
+    """
+    dev = images.device
+    parts = [images.augmented(il, draws[0], padding), images.augmented(il, draws[1], padding)]
+    if iu is not None:
+        parts += [images.augmented(iu, draws[2], padding), images.augmented(iu, draws[3], padding)]
+    b_l = len(il)
+    eye = torch.eye(num_classes, device=dev)
+    with torch.no_grad():
+        with autocast(dev, bf16):
+            probs = torch.softmax(model(torch.cat(parts)).float(), dim=1)
+        tx = labeled_targets(probs[:b_l], probs[b_l:2 * b_l], eye[y_l], w_l, sharpen_t)
+        targets = [tx, tx]
+        if iu is not None:
+            b_u = len(iu)
+            tu = unlabeled_targets(probs[2 * b_l:2 * b_l + b_u], probs[2 * b_l + b_u:], sharpen_t)
+            targets += [tu, tu]
+    all_x, all_t = torch.cat(parts), torch.cat(targets)
+    mx, mt = mix(all_x, all_t, lam, perm)
+    with autocast(dev, bf16):
+        logits = model(mx)
+    return ssl_loss(logits, mt, 2 * b_l, lambda_u, lambda_prior, num_classes)
+
+
 def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tensor, lab_w: torch.Tensor,
               unl_idx: torch.Tensor, num_classes: int, cfg, epoch: int, generator, rng: np.random.Generator,
-              iters: int, step_fn=None, bf16: bool | None = None) -> dict:
+              iters: int, step_fn=None, loss_fn=None, bf16: bool | None = None) -> dict:
     """One classification phase of Alg. 1 (lines 20-23): ``iters`` MixMatch steps.
 
     ``lab_idx``/``unl_idx`` index the training images; ``lab_labels`` are the
     (corrected) labels and ``lab_w`` the refinement weights of the labeled
-    samples. Returns 0-dim device tensors (mean loss, L_CE, L_MSE).
+    samples. Every step takes ``batch_size`` labeled and ``batch_size``
+    unlabeled images (index streams reshuffled every pass and long enough for
+    all steps), so every step has the same shape. ``loss_fn`` replaces
+    :func:`mixmatch_loss` (its compiled version): it then gets ``lam`` and
+    ``lambda_u`` as device tensors (float64 and float32, which round as the
+    Python floats of the eager step do). Returns 0-dim device tensors (mean
+    loss, L_CE, L_MSE).
     """
     dev = images.device
     bs = cfg.batch_size
@@ -94,7 +136,6 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
         from .engine import use_bf16
 
         bf16 = use_bf16(cfg, dev)
-    eye = torch.eye(num_classes, device=dev)
 
     def stream(n):  # indices 0..n-1, reshuffled every pass, enough for all iterations
         reps = -(-iters * bs // max(n, 1))
@@ -102,38 +143,30 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
 
     pl = stream(n_l)
     pu = stream(n_u) if n_u > 0 else None
+    # mixup coefficients of all steps (the same numbers as one draw per step) and the L_MSE ramp-up
+    lams = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, size=iters)
+    lams = np.maximum(lams, 1 - lams)
+    lambda_us = [cfg.lambda_mse * rampup(epoch + it / iters, cfg.warmup_epochs, cfg.rampup_epochs) for it in range(iters)]
+    if loss_fn is not None:  # one copy per epoch, asynchronous from pinned memory on CUDA
+        lam_t, lu_t = (to_device(torch.tensor(v, dtype=dt), dev) for v, dt in ((lams, torch.float64),
+                                                                              (lambda_us, torch.float32)))
     tot = torch.zeros(3, device=dev)
     model.train()
     for it in range(iters):
         sl = pl[it * bs:(it + 1) * bs]
         il = lab_idx[sl]
-        xl1 = images.batch(il, True, pad, flip, generator)
-        xl2 = images.batch(il, True, pad, flip, generator)
-        parts = [xl1, xl2]
-        if pu is not None:
-            iu = unl_idx[pu[it * bs:(it + 1) * bs]]
-            xu1 = images.batch(iu, True, pad, flip, generator)
-            xu2 = images.batch(iu, True, pad, flip, generator)
-            parts += [xu1, xu2]
-        b_l = len(il)
-        with torch.no_grad():
-            with autocast(dev, bf16):
-                probs = torch.softmax(model(torch.cat(parts)).float(), dim=1)
-            tx = labeled_targets(probs[:b_l], probs[b_l:2 * b_l], eye[lab_labels[sl]], lab_w[sl], cfg.sharpen_t)
-            targets = [tx, tx]
-            if pu is not None:
-                b_u = len(iu)
-                tu = unlabeled_targets(probs[2 * b_l:2 * b_l + b_u], probs[2 * b_l + b_u:], cfg.sharpen_t)
-                targets += [tu, tu]
-        lam = float(rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-        lam = max(lam, 1 - lam)
-        all_x, all_t = torch.cat(parts), torch.cat(targets)
-        perm = torch.randperm(len(all_x), device=dev, generator=generator)
-        mx, mt = mix(all_x, all_t, lam, perm)
-        lambda_u = cfg.lambda_mse * rampup(epoch + it / iters, cfg.warmup_epochs, cfg.rampup_epochs)
-        with autocast(dev, bf16):
-            logits = model(mx)
-        loss, l_ce, l_mse = ssl_loss(logits, mt, 2 * b_l, lambda_u, cfg.lambda_prior, num_classes)
+        iu = unl_idx[pu[it * bs:(it + 1) * bs]] if pu is not None else None
+        # the step's random numbers, in the order the views use them: labeled 1, 2, unlabeled 1, 2, then mixup
+        draws = [augment_draws(len(il), pad, flip, generator, dev) for _ in range(2)]
+        if iu is not None:
+            draws += [augment_draws(len(iu), pad, flip, generator, dev) for _ in range(2)]
+        perm = torch.randperm(2 * len(il) + (2 * len(iu) if iu is not None else 0), device=dev, generator=generator)
+        if loss_fn is None:
+            loss, l_ce, l_mse = mixmatch_loss(model, images, il, iu, draws, lab_labels[sl], lab_w[sl], float(lams[it]),
+                                              perm, lambda_us[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16)
+        else:
+            loss, l_ce, l_mse = loss_fn(model, images, il, iu, draws, lab_labels[sl], lab_w[sl], lam_t[it], perm,
+                                        lu_t[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -121,6 +121,7 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
     labels = run.label_report()
     summary = reporting.summarize(run.history, time.perf_counter() - t_start, cfg)
     summary["noise_rate_actual"] = noise_report.actual_rate
+    summary["torch_threads"] = torch.get_num_threads()  # the CPU share this run had (jobs.worker_threads)
     if out is not None:
         reporting.write_metrics(out / "metrics.jsonl", run.history)
         reporting.write_labels_csv(out / "labels.csv", labels["given"], labels["corrected"], labels["easiness"],

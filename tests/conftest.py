@@ -81,3 +81,38 @@ def cifar10(cifar10_root):
     from hallnll.data import load_cifar
 
     return load_cifar("cifar10", cifar10_root, download=False)
+
+
+class HostSync(AssertionError):
+    """A tensor value was read on the host where the code must not (see no_host_reads)."""
+
+
+@pytest.fixture
+def no_host_reads(monkeypatch):
+    """Make every Python-level read of a tensor value fail (item, float, int, bool, tolist, numpy).
+
+    On CUDA each of these would block the host until the GPU catches up; the
+    training loops must not need them inside the iteration loop.
+    """
+    def guard(name):
+        def f(self, *a, **k):
+            raise HostSync(f"Tensor.{name}() called: a host round-trip inside the loop")
+        return f
+
+    for name in ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, guard(name))
+
+    # indexing with a 0-dim integer tensor reads it on the host (ATen's applySlicing calls item())
+    def zero_dim(index):
+        items = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(i, torch.Tensor) and i.dim() == 0 and not i.is_floating_point() for i in items)
+
+    for name in ("__getitem__", "__setitem__"):
+        orig = getattr(torch.Tensor, name)
+
+        def checked(self, index, *a, _orig=orig, _name=name):
+            if zero_dim(index):
+                raise HostSync(f"Tensor.{_name} with a 0-dim integer tensor: a host round-trip (use a [1] index)")
+            return _orig(self, index, *a)
+
+        monkeypatch.setattr(torch.Tensor, name, checked)

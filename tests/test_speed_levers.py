@@ -145,24 +145,7 @@ def test_device_images_normalisation_and_layout():
 
 
 # ================================================================ no host round-trip
-class _HostSync(AssertionError):
-    pass
-
-
-@pytest.fixture
-def no_host_reads(monkeypatch):
-    """Make every Python-level read of a tensor value fail (item, float, int, bool, tolist, numpy).
-
-    On CUDA each of these would block the host until the GPU catches up; the
-    training loops must not need them inside the iteration loop.
-    """
-    def guard(name):
-        def f(self, *a, **k):
-            raise _HostSync(f"Tensor.{name}() called: a host round-trip inside the loop")
-        return f
-
-    for name in ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, guard(name))
+# (the no_host_reads fixture is in conftest.py)
 
 
 @pytest.fixture(scope="module")

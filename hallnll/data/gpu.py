@@ -40,6 +40,11 @@ class DeviceImages:
             xb = augment_batch(xb, padding, hflip, generator)
         return self.normalize(xb)
 
+    def augmented(self, idx: torch.Tensor, draws: tuple, padding: int = 4) -> torch.Tensor:
+        """``batch(idx, augment=True, ...)`` with the random numbers drawn beforehand
+        (:func:`augment_draws`): no generator inside, so it can be compiled."""
+        return self.normalize(augment_apply(self.x[idx], draws, padding))
+
     def iter_batches(self, batch_size: int):
         """Plain (un-augmented) batches in order, for evaluation."""
         n = len(self)
@@ -48,29 +53,45 @@ class DeviceImages:
             yield idx, self.normalize(self.x[idx])
 
 
-def augment_batch(xb: torch.Tensor, padding: int = 4, hflip: bool = True,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop (zero padding ``padding``) and horizontal flip, per image, batched.
+def augment_draws(b: int, padding: int = 4, hflip: bool = True, generator: torch.Generator | None = None,
+                  device=None) -> tuple:
+    """The random numbers of :func:`augment_batch` for ``b`` images, drawn in its
+    order: crop offsets ``oy``, ``ox`` (when ``padding``), then the flips (when ``hflip``)."""
+    oy = ox = flip = None
+    if padding > 0:
+        oy = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
+        ox = torch.randint(0, 2 * padding + 1, (b,), device=device, generator=generator)
+    if hflip:
+        flip = torch.rand(b, device=device, generator=generator) < 0.5
+    return oy, ox, flip
 
-    Equivalent to torchvision's ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip()``
-    applied image by image, but as one gather on the whole batch.
-    """
+
+def augment_apply(xb: torch.Tensor, draws: tuple, padding: int = 4) -> torch.Tensor:
+    """Random crop and flip of :func:`augment_batch` with the given :func:`augment_draws`."""
+    oy, ox, flip = draws
     b, c, h, w = xb.shape
     dev = xb.device
     if padding > 0:
         padded = torch.nn.functional.pad(xb, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
-        ox = torch.randint(0, 2 * padding + 1, (b,), device=dev, generator=generator)
         rows = (oy[:, None] + torch.arange(h, device=dev)[None])  # [B, H]
         cols = (ox[:, None] + torch.arange(w, device=dev)[None])  # [B, W]
-        if hflip:
-            flip = torch.rand(b, device=dev, generator=generator) < 0.5
+        if flip is not None:
             cols = torch.where(flip[:, None], cols.flip(1), cols)
         bi = torch.arange(b, device=dev)[:, None, None]
         # padded[b, :, rows[b, i], cols[b, j]] -> [B, H, W, C]
         out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]
         return out.permute(0, 3, 1, 2)
-    if hflip:
-        flip = torch.rand(b, device=dev, generator=generator) < 0.5
+    if flip is not None:
         return torch.where(flip[:, None, None, None], xb.flip(3), xb)
     return xb
+
+
+def augment_batch(xb: torch.Tensor, padding: int = 4, hflip: bool = True,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop (zero padding ``padding``) and horizontal flip, per image, batched.
+
+    Equivalent to torchvision's ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip()``
+    applied image by image, but as one gather on the whole batch
+    (:func:`augment_draws` then :func:`augment_apply`).
+    """
+    return augment_apply(xb, augment_draws(xb.shape[0], padding, hflip, generator, xb.device), padding)
