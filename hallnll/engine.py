@@ -42,15 +42,33 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def step_lr(base_lr: float, epoch: int, decay_epoch: int) -> float:
-    """The paper's schedule: lr divided by 10 at ``decay_epoch`` (0-based epochs)."""
-    return base_lr / 10.0 if epoch >= decay_epoch else base_lr
+    """The paper's schedule: lr divided by 10 from ``decay_epoch`` on (0-based epochs); 0: no decay."""
+    return base_lr / 10.0 if 0 < decay_epoch <= epoch else base_lr
+
+
+def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """DivideMix's confidence penalty ``NegEntropy``: ``mean_i sum_c p_ic log p_ic``
+    (the negative entropy of the softmax, in [-log C, 0]; adding it to a loss
+    rewards spread-out predictions). Computed from ``log_softmax`` in fp32, so a
+    probability that underflows to 0 gives 0, not NaN."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    return (logp.exp() * logp).sum(1).mean()
 
 
 def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size: int, generator,
-             padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None) -> torch.Tensor:
+             padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None,
+             entropy_penalty: float = 0.0) -> torch.Tensor:
     """One epoch of cross-entropy on (augmented) images and the given labels.
 
-    Returns the mean loss as a 0-dim device tensor (read it once per epoch).
+    With ``entropy_penalty`` w > 0 the loss of each batch is
+    ``CE + w * neg_entropy(logits)``: DivideMix's warm-up for asymmetric noise
+    (``L = CEloss + conf_penalty(outputs)``, w = 1), which keeps the network
+    from growing over-confident on the noisy labels before the loss GMM
+    separates them. ``entropy_penalty == 0`` runs plain cross-entropy (the
+    same operations as without the argument).
+
+    Returns the mean loss (the penalty included) as a 0-dim device tensor
+    (read it once per epoch).
     """
     model.train()
     n = len(images)
@@ -62,7 +80,10 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
         x = images.batch(idx, augment=True, padding=padding, hflip=hflip, generator=generator)
         y = labels[idx]
         with autocast(images.device, bf16):
-            loss = F.cross_entropy(model(x), y)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+        if entropy_penalty:
+            loss = loss + entropy_penalty * neg_entropy(out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
