@@ -166,19 +166,21 @@ def ptd(x_uint8: torch.Tensor, clean: torch.Tensor, num_classes: int, rate: floa
     3. ``A_i = x_i @ W[y_i]`` with ``x_i`` the **raw** pixels 0..255 as floats,
        flattened in (C, H, W) order, as Xia et al. feed them (their
        ``data.py`` passes ``torch.from_numpy(train_images).float()``, not the
-       normalised tensors of the training transform; PES and CORES copy it);
+       normalised tensors of the training transform);
        ``A_i[y_i] = -inf``;
     4. ``p_i = q_i * softmax(A_i)``, ``p_i[y_i] += 1 - q_i``;
        ``noisy_i ~ Categorical(p_i)``.
 
     So each sample keeps its label with probability ``1 - q_i`` and otherwise
     moves to a class chosen by a random linear function of its pixels: the
-    noise depends on the image, not only on the class. On raw pixels the
-    logits are thousands apart, so the softmax is nearly one-hot: a class's
-    flips concentrate on the few wrong classes that its images' projections
-    favour. That is the structure of the original; normalised pixels
-    (mean 0, std 1) give logits a few units apart and spread the flips
-    almost uniformly. CIFAR-10 (JPEG q75 copy), 40%, seeds 1-5, means
+    noise depends on the image, not only on the class. Raw pixels are all
+    positive (mean about 120 on CIFAR-10), so ``x_i @ W[y_i]`` is dominated by
+    a term every image of class ``y_i`` shares, roughly ``mean(x) *
+    W[y_i].sum(0)``, and the logits are thousands apart: a class's flips
+    concentrate on the few wrong classes that term favours, the image
+    deciding among them. That is the structure of the original; normalised
+    pixels (mean 0) remove the shared term and spread the flips over almost
+    all classes. CIFAR-10 (JPEG q75 copy), 40%, seeds 1-5, means
     (``python benchmarks/ptd_structure.py --data-root /tmp/c10``; the
     statistics of :meth:`NoiseReport.structure`): largest transition entry
     0.376 here, 0.381 for a port of Xia et al.'s code, 0.151 for that port
