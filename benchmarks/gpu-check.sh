@@ -28,7 +28,7 @@ runs=$(mktemp -d)
 budget=${FIDELITY_SECONDS:-420}
 if [ "$mode" = "--dry-run" ]; then
   params=digits-quick
-  sets=(--set epochs=3 --set warmup_epochs=2 --set lr_decay_epoch=3 --set checkpoint_every=1)
+  sets=(--set epochs=3 --set warmup_epochs=2 --set lr_decay_epoch=0 --set checkpoint_every=1)
   bench=(--set dataset=digits --set arch=small_cnn --epochs 1)
   note="digits (dry run)"
 else

@@ -100,29 +100,52 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def step_lr(base_lr: float, epoch: int, decay_epoch: int) -> float:
-    """The paper's schedule: lr divided by 10 at ``decay_epoch`` (0-based epochs)."""
-    return base_lr / 10.0 if epoch >= decay_epoch else base_lr
+    """The paper's schedule: lr divided by 10 from ``decay_epoch`` on (0-based epochs); 0: no decay."""
+    return base_lr / 10.0 if 0 < decay_epoch <= epoch else base_lr
+
+
+def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """DivideMix's confidence penalty ``NegEntropy``: ``mean_i sum_c p_ic log p_ic``
+    (the negative entropy of the softmax, in [-log C, 0]; adding it to a loss
+    rewards spread-out predictions). Computed from ``log_softmax`` in fp32, so a
+    probability that underflows to 0 gives 0, not NaN."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    return (logp.exp() * logp).sum(1).mean()
 
 
 def ce_loss(model, images: DeviceImages, idx: torch.Tensor, draws: tuple, labels: torch.Tensor, padding: int = 4,
-            bf16: bool = False) -> torch.Tensor:
+            bf16: bool = False, entropy_penalty: float = 0.0) -> torch.Tensor:
     """One warm-up step's loss: the augmented batch ``idx`` (random numbers
     ``draws`` from :func:`hallnll.data.gpu.augment_draws`), cross-entropy
-    against ``labels[idx]``. A pure function of tensors (compilable)."""
+    against ``labels[idx]``, plus ``entropy_penalty`` times :func:`neg_entropy`
+    when it is > 0. A pure function of tensors (compilable)."""
     x = images.augmented(idx, draws, padding)
     with autocast(images.device, bf16):
-        return F.cross_entropy(model(x), labels[idx])
+        out = model(x)
+        loss = F.cross_entropy(out, labels[idx])
+    if entropy_penalty:
+        loss = loss + entropy_penalty * neg_entropy(out)
+    return loss
 
 
 def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size: int, generator,
-             padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None, loss_fn=None) -> torch.Tensor:
+             padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None, loss_fn=None,
+             entropy_penalty: float = 0.0) -> torch.Tensor:
     """One epoch of cross-entropy on (augmented) images and the given labels.
 
     ``n // batch_size`` steps of ``batch_size`` images (the ragged last batch
     is dropped, so every step has the same shape); one step of all ``n``
     images when ``n < batch_size``. ``loss_fn`` replaces :func:`ce_loss`
-    (e.g. its compiled version). Returns the mean loss as a 0-dim device
-    tensor (read it once per epoch).
+    (e.g. its compiled version).
+
+    With ``entropy_penalty`` w > 0 the loss of each batch is
+    ``CE + w * neg_entropy(logits)``: DivideMix's warm-up for asymmetric noise
+    (``L = CEloss + conf_penalty(outputs)``, w = 1), which keeps the network
+    from growing over-confident on the noisy labels before the loss GMM
+    separates them. ``entropy_penalty == 0`` runs plain cross-entropy.
+
+    Returns the mean loss (the penalty included) as a 0-dim device tensor
+    (read it once per epoch).
     """
     model.train()
     loss_fn = loss_fn or ce_loss
@@ -133,7 +156,7 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
     for i in range(steps):
         idx = perm[i * batch_size:(i + 1) * batch_size]
         draws = augment_draws(len(idx), padding, hflip, generator, images.device)
-        loss = loss_fn(model, images, idx, draws, labels, padding, bf16)
+        loss = loss_fn(model, images, idx, draws, labels, padding, bf16, entropy_penalty)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

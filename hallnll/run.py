@@ -186,11 +186,17 @@ class Run:
 
     # ------------------------------------------------------------ the steps of Alg. 1
     def warmup_epoch(self) -> torch.Tensor:
-        """Alg. 1 lines 2-3: one cross-entropy epoch on the given labels; the mean loss."""
+        """Alg. 1 lines 2-3: one cross-entropy epoch on the given labels; the mean loss.
+
+        The SSL variants add ``cfg.warmup_entropy_penalty`` times DivideMix's
+        negative-entropy penalty (:func:`hallnll.engine.neg_entropy`); variant
+        ``ce``, the cross-entropy baseline, trains on plain cross-entropy."""
         cfg = self.cfg
+        penalty = 0.0 if cfg.variant == "ce" else cfg.warmup_entropy_penalty
         with self.timer.phase("warmup"):
             return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
-                                   cfg.crop_padding, cfg.hflip, self.bf16, loss_fn=self.ce_loss)
+                                   cfg.crop_padding, cfg.hflip, self.bf16, loss_fn=self.ce_loss,
+                                   entropy_penalty=penalty)
 
     def easiness(self) -> Easiness:
         """Alg. 1 line 6 (§3.1): logits and features of the training images, the
@@ -428,15 +434,21 @@ class Run:
         self.hal_step = None  # its CUDA graph holds the replaced momentum buffers
         self.gen.set_state(state["gen"].cpu())
         self.rng.bit_generator.state = state["rng"]
-        self.history, self.epochs_done, self.last = state["history"], state["epoch"], state.get("last", {})
+        # the last selection stays on the CPU, where Selection.state() made it (a checkpoint read with
+        # map_location=cuda put it on the GPU, and the label report then mixed devices)
+        self.last = {k: v.cpu() for k, v in state.get("last", {}).items()}
+        self.history, self.epochs_done = state["history"], state["epoch"]
 
     def save(self, path) -> None:
         """Write :meth:`state_dict` to ``path`` atomically."""
         reporting.atomic_torch_save(self.state_dict(), path)
 
     def load(self, path) -> None:
-        """Continue from a file written by :meth:`save`."""
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False), str(path))
+        """Continue from a file written by :meth:`save`.
+
+        Read onto the CPU: the model's and optimisers' ``load_state_dict`` copy
+        their tensors onto the run's device, everything else belongs on the CPU."""
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False), str(path))
 
     # ------------------------------------------------------------ the outcome
     @torch.no_grad()
@@ -451,8 +463,8 @@ class Run:
         cfg = self.cfg
         if self.last:
             logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16, features=False)
-            omega, easy, ch, train_labels = (self.last[k] for k in ("omega", "easy_mask", "clean_hard_mask",
-                                                                   "train_labels"))
+            omega, easy, ch, train_labels = (self.last[k].cpu() for k in ("omega", "easy_mask", "clean_hard_mask",
+                                                                         "train_labels"))
             labeled = easy | ch
         else:
             ez = self.easiness()

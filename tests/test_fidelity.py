@@ -25,7 +25,7 @@ def test_eval_mode_accuracy_follows_the_weights_after_short_ssl_epochs(digits_cl
     # 98.2% with batch statistics (bn_recal_images=0); re-estimated after every
     # epoch, the two agree.
     cfg, data, noisy = digits_clean
-    cfg = cfg.replace(variant="gmm", batch_size=128, epochs=13, warmup_epochs=10, checkpoint_every=0)
+    cfg = cfg.replace(variant="gmm", batch_size=128, epochs=13, warmup_epochs=10, lr_decay_epoch=0, checkpoint_every=0)
     hist = fit(cfg, data=data, noisy=noisy).history
     for row in hist[10:]:
         assert row["phase"] == "ssl"
@@ -69,7 +69,7 @@ def test_recalibration_can_be_switched_off_and_leaves_the_training_stream_alone(
     # the re-estimation draws from its own generator: the warm-up losses (which
     # never see eval-mode statistics) are the same with and without it
     cfg, data, noisy = digits_clean
-    cfg = cfg.replace(variant="ce", epochs=3, warmup_epochs=3, checkpoint_every=0)
+    cfg = cfg.replace(variant="ce", epochs=3, warmup_epochs=3, lr_decay_epoch=0, checkpoint_every=0)
     on = fit(cfg, data=data, noisy=noisy).history
     off = fit(cfg.replace(bn_recal_images=0), data=data, noisy=noisy).history
     assert [r["train_loss"] for r in on] == [r["train_loss"] for r in off]
@@ -104,7 +104,7 @@ def test_checks_encode_the_papers_expectations():
 
 def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
     # the grid on digits (its own classification noise), two epochs per cell
-    sets = ["epochs=2", "warmup_epochs=1", "checkpoint_every=0"]
+    sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=0", "checkpoint_every=0"]
     rep = fidelity.run("digits-quick", sets, tmp_path, variants=("ce", "gmm"), labels=("clean", "noisy"),
                        log=lambda *a: None)
     assert not rep["failed"]

@@ -17,7 +17,7 @@ SHARED = REPO.parent / "shared" / "data" / "noisy-labels"
 STAGED = REPO / ".data" / "noisy-labels"
 
 TINY = dict(epochs=4, warmup_epochs=2, cbased_epochs=2, threads=1)
-TINY_OVERRIDES = ["epochs=4", "warmup_epochs=2", "cbased_epochs=2"]
+TINY_OVERRIDES = ["epochs=4", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
 
 
 def _label_file(rel: str) -> str:

@@ -16,7 +16,7 @@ from hallnll.tables import Cell, Table
 ROOT = Path(__file__).resolve().parents[1]
 
 # a few seconds per run on a loaded 2-core CPU
-TINY = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2"]
+TINY = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hallnll import analysis, load_config
+from hallnll import analysis, engine, load_config
 from hallnll.run import Run, TrainingError
 from hallnll.train import prepare
 
@@ -75,3 +75,85 @@ def test_snapshot_and_sweep_use_the_run_steps(setting):
     assert torch.equal(gmm.omega(), snap.easiness.omega.cpu())
     with pytest.raises(ValueError, match="hallnll"):
         analysis.selection_snapshot(Run(cfg.replace(variant="gmm"), data, noisy))
+
+
+def _moved(state: dict, device) -> dict:
+    """The state as torch.load(..., map_location=device) gives it: every tensor on ``device``."""
+    def mv(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if isinstance(v, dict):
+            return {k: mv(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [mv(x) for x in v]
+        return v
+    return mv(state)
+
+
+def test_a_loaded_run_keeps_its_last_selection_on_the_cpu(setting, tmp_path):
+    cfg, data, noisy = setting
+    run = Run(cfg, data, noisy)
+    for _ in range(3):
+        run.epoch()
+    want = run.label_report()
+    run.save(tmp_path / "ck.pt")
+    loaded = Run(cfg, data, noisy)
+    loaded.load(tmp_path / "ck.pt")
+    assert loaded.last and all(v.device.type == "cpu" for v in loaded.last.values())
+    got = loaded.label_report()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the state's selection on the GPU, the report "
+                                                          "mixing devices (seen on an H200)")
+def test_label_report_after_loading_a_state_from_another_device(setting, tmp_path):
+    """A checkpoint read with map_location=cuda put the last selection on the GPU and
+    label_report failed with 'Expected all tensors to be on the same device'."""
+    cfg, data, noisy = setting
+    gpu_cfg = cfg.replace(device="cuda", bf16=False)
+    run = Run(gpu_cfg, data, noisy)
+    for _ in range(3):
+        run.epoch()
+    want = run.label_report()
+    for target_cfg, state in ((gpu_cfg, _moved(run.state_dict(), "cuda")), (cfg, _moved(run.state_dict(), "cuda")),
+                              (gpu_cfg, run.state_dict())):
+        other = Run(target_cfg, data, noisy)
+        other.load_state_dict(state)
+        assert all(v.device.type == "cpu" for v in other.last.values())
+        got = other.label_report()
+        assert torch.equal(got["subset"], want["subset"]) and torch.equal(got["given"], want["given"])
+    run.save(tmp_path / "ck.pt")
+    again = Run(gpu_cfg, data, noisy)
+    again.load(tmp_path / "ck.pt")
+    assert torch.equal(again.label_report()["corrected"], want["corrected"])
+
+
+def test_warmup_entropy_penalty_is_dividemix_neg_entropy_in_ssl_variants_only(setting):
+    cfg, data, noisy = setting
+    logits = 4 * torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(logits, dim=1)
+    assert float(engine.neg_entropy(logits)) == pytest.approx(float(torch.mean(torch.sum(probs.log() * probs, dim=1))),
+                                                               rel=1e-5)  # DivideMix's NegEntropy
+    big = torch.tensor([[1000.0, 0.0, -1000.0]])  # probabilities that underflow to 0: 0, not NaN
+    assert float(engine.neg_entropy(big)) == pytest.approx(0.0, abs=1e-6)
+
+    def warmed(**changes):
+        run = Run(cfg.replace(batch_size=32, **changes), data, noisy)  # 42 steps an epoch: a trained network
+        rows = [run.epoch() for _ in range(2)]
+        return run, rows
+
+    def mean_entropy(run):
+        return -float(engine.neg_entropy(run.easiness().logits))
+
+    plain, rows0 = warmed(variant="gmm")
+    pen, rows1 = warmed(variant="gmm", warmup_entropy_penalty=1.0)
+    # the penalty keeps the warmed-up network's predictions on the training images spread out
+    assert mean_entropy(pen) > mean_entropy(plain) + 0.2, (mean_entropy(pen), mean_entropy(plain))  # 2.11 vs 1.58
+    assert rows1[0]["train_loss"] < rows0[0]["train_loss"]  # CE plus a negative term
+    # variant ce is the cross-entropy baseline: the setting does not change it
+    _, ce0 = warmed(variant="ce")
+    _, ce1 = warmed(variant="ce", warmup_entropy_penalty=1.0)
+    assert _rows(ce0) == _rows(ce1)
+    with pytest.raises(Exception, match="warmup_entropy_penalty"):
+        cfg.replace(warmup_entropy_penalty=-1.0)

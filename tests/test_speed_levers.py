@@ -428,7 +428,7 @@ def test_bench_parallel_sums_throughput(tmp_path, monkeypatch):
     out = tmp_path / "par.json"
     args = argparse.Namespace(params=None, epochs=1, json=str(out),
                               set=["dataset=digits", "arch=small_cnn", "device=cpu", "variant=ce", "epochs=20",
-                                   "bench.parallel=2"])
+                                   "lr_decay_epoch=0", "bench.parallel=2"])
     t = time.perf_counter()
     assert bench.main(args) == 0
     r = json.loads(out.read_text())

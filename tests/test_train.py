@@ -67,7 +67,8 @@ def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, tmp
 
 def test_variants_select_as_table5_describes(digits_cbased40):
     cfg, data, noisy, _ = digits_cbased40
-    runs = {v: fit(short(cfg, variant=v, epochs=10, warmup_epochs=8), None, data=data, noisy=noisy) for v in ("gmm", "easy")}
+    runs = {v: fit(short(cfg, variant=v, epochs=10, warmup_epochs=8, lr_decay_epoch=0), None, data=data, noisy=noisy)
+            for v in ("gmm", "easy")}
     gmm, easy = runs["gmm"].history[-1], runs["easy"].history[-1]
     assert gmm["n_clean_hard"] == 0 and easy["n_clean_hard"] == 0
     # Eq. 1: at most ceil(N * P / C) per class
@@ -82,7 +83,9 @@ def test_resume_continues_from_the_checkpoint(digits_cbased40, tmp_path):
     cfg, data, noisy, _ = digits_cbased40
     c = short(cfg, epochs=6, warmup_epochs=3, lr_decay_epoch=5)
     full = fit(c, tmp_path / "full", data=data, noisy=noisy)
-    fit(c.replace(epochs=4), tmp_path / "part", data=data, noisy=noisy)
+    # the first part stops at 4 epochs without a decay (lr_decay_epoch=5 is refused there; the
+    # full run's decay at 5 is not reached before epoch 4 either): the schedule is read afresh on resume
+    fit(c.replace(epochs=4, lr_decay_epoch=0), tmp_path / "part", data=data, noisy=noisy)
     resumed = fit(c, tmp_path / "part", data=data, noisy=noisy)
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
     # same seed, same schedule: resuming reproduces the uninterrupted run
@@ -102,7 +105,7 @@ def test_nan_loss_stops_naming_epoch_and_phase(digits_cbased40, tmp_path, monkey
         return loss * float("nan"), lce, lmse
 
     monkeypatch.setattr(ssl_mod, "ssl_loss", poisoned)
-    c = short(cfg, epochs=5, warmup_epochs=2)
+    c = short(cfg, epochs=5, warmup_epochs=2, lr_decay_epoch=4)
     with pytest.raises(TrainingError, match=r"epoch 3 in phase 'ssl'"):
         fit(c, tmp_path / "nan", data=data, noisy=noisy)
     ck = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
@@ -128,3 +131,43 @@ def test_bad_input_is_refused_before_anything_is_written(digits_cbased40, tmp_pa
                    "--out", str(tmp_path / "cli")])
     assert rc == 2 and "error:" in capsys.readouterr().err
     assert not (tmp_path / "cli").exists()
+
+
+def test_fit_again_on_a_finished_run_writes_the_outputs_without_training(digits_cbased40, tmp_path):
+    """Resume after the end (seen crashing on CUDA in the label report): nothing trains, the
+    summary and the label report are written again from the checkpoint."""
+    cfg, data, noisy, _ = digits_cbased40
+    c = short(cfg, epochs=4, warmup_epochs=2, lr_decay_epoch=3)
+    first = fit(c, tmp_path, data=data, noisy=noisy)
+    before = {n: (tmp_path / n).read_bytes() for n in ("checkpoint.pt", "metrics.jsonl", "labels.csv")}
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "labels.csv").unlink()
+    again = fit(c, tmp_path, data=data, noisy=noisy)
+    assert again.run.epochs_done == 4 and len(again.history) == 4
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before["checkpoint.pt"]  # no epoch ran
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
+    assert (tmp_path / "labels.csv").read_bytes() == before["labels.csv"]  # from the saved selection
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["best_acc"] == first.summary["best_acc"] and summary["last_acc"] == first.summary["last_acc"]
+    assert summary["epochs"] == 4
+    assert again.run.last and all(v.device.type == "cpu" for v in again.run.last.values())
+
+
+def test_lr_decay_epoch_lies_below_epochs_or_is_zero_for_none(digits_cbased40, tmp_path, capsys):
+    # the README's old `--set epochs=50` kept lr_decay_epoch=120 and never decayed: refused, naming the fix
+    with pytest.raises(ConfigError, match=r"lr_decay_epoch=120 is not below epochs=50.*lr_decay_epoch=30 .*"
+                                          r"lr_decay_epoch=0 for a constant"):
+        load_config(ROOT / "params" / "cifar10-cbased-40.yaml", ["epochs=50"])
+    assert load_config(ROOT / "params" / "cifar10-cbased-40.yaml", ["epochs=50", "lr_decay_epoch=30"]).epochs == 50
+    with pytest.raises(ConfigError, match="not below epochs=45"):
+        load_config(DIGITS, ["epochs=45"])  # equal: the decay would come after the last epoch
+    with pytest.raises(ConfigError, match="negative"):
+        load_config(DIGITS, ["lr_decay_epoch=-1"])
+    rc = cli_main(["train", "cifar10-cbased-40", "--set", "epochs=50", "--out", str(tmp_path / "cli")])
+    assert rc == 2 and "lr_decay_epoch=30" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    # the schedule: lr / 10 from lr_decay_epoch on; 0 keeps it constant
+    cfg, data, noisy, _ = digits_cbased40
+    step = fit(short(cfg, variant="ce", epochs=3, warmup_epochs=0, lr_decay_epoch=2), data=data, noisy=noisy)
+    flat = fit(short(cfg, variant="ce", epochs=3, warmup_epochs=0, lr_decay_epoch=0), data=data, noisy=noisy)
+    assert [r["lr"] for r in step.history] == pytest.approx([cfg.lr, cfg.lr, cfg.lr / 10])
+    assert [r["lr"] for r in flat.history] == pytest.approx([cfg.lr] * 3)

@@ -20,12 +20,12 @@ config names, after checking the config once; :func:`report`
 transition matrix ``P(noisy=j | clean=i)``. ``hallnll noise`` (in
 :mod:`hallnll.cli`) writes a label CSV.
 """
-from .classifier import average_softmax
+from .classifier import average_softmax, cbased_lr
 from .files import CSV_HEADER, load_label_csv, save_label_csv
 from .generators import DIVIDEMIX_CIFAR10_MAP, NoiseError, asymmetric, classification_based, ptd, symmetric
 from .make import make_noisy_labels
 from .report import NoiseReport, report
 
 __all__ = ["NoiseError", "NoiseReport", "report", "symmetric", "asymmetric", "ptd", "classification_based",
-           "average_softmax", "load_label_csv", "save_label_csv", "CSV_HEADER", "DIVIDEMIX_CIFAR10_MAP",
+           "average_softmax", "cbased_lr", "load_label_csv", "save_label_csv", "CSV_HEADER", "DIVIDEMIX_CIFAR10_MAP",
            "make_noisy_labels"]

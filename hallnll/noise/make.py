@@ -33,7 +33,7 @@ def make_noisy_labels(cfg, data: ImageData, device=None, progress: bool = True):
         note = "target rate applies to each mapped class " + ", ".join(f"{s}->{t}" for s, t in mapping.items())
     elif kind == "ptd":
         x = data.x_train.to(noise_device(cfg, device))
-        noisy = ptd(x, clean, c, rate, seed, std=cfg.ptd_std, mean=data.mean, std_pix=data.std).cpu()
+        noisy = ptd(x, clean, c, rate, seed, std=cfg.ptd_std).cpu()
         target, seed_out = rate, seed
     elif kind == "classification":
         probs = average_softmax(data, cfg, noise_device(cfg, device), progress=progress)

@@ -32,9 +32,33 @@ class NoiseReport:
     def num_classes(self) -> int:
         return int(self.counts.shape[0])
 
+    def structure(self) -> dict:
+        """How concentrated the flips are (the shape that tells PTD or C-based noise from symmetric):
+
+        - ``largest_flip``: the largest off-diagonal ``transition[i, j]``;
+        - ``destinations``: the effective number of classes the flips of a
+          clean class go to, ``exp(entropy)`` of ``counts[i, j != i]``
+          normalised, averaged over the classes with a flip (symmetric noise
+          on C classes gives about C - 1; one target class per class gives 1);
+        - ``majority_wrong``: how many noisy classes j hold more wrongly
+          labelled samples than right ones (``sum_i!=j counts[i, j] > counts[j, j]``).
+        """
+        off = self.counts.double().clone()
+        off.fill_diagonal_(0)
+        flips = off.sum(1)
+        has = flips > 0
+        p = off[has] / flips[has, None]
+        entropy = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(1)
+        t_off = self.transition.clone()
+        t_off.fill_diagonal_(0)
+        right = self.counts.diagonal().double()
+        return {"largest_flip": float(t_off.max()) if t_off.numel() else 0.0,
+                "destinations": float(entropy.exp().mean()) if bool(has.any()) else 0.0,
+                "majority_wrong": int((off.sum(0) > right).sum())}
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "target_rate": self.target_rate, "actual_rate": self.actual_rate,
-                "seed": self.seed, "n": self.n, "note": self.note,
+                "seed": self.seed, "n": self.n, "note": self.note, "structure": self.structure(),
                 "transition": self.transition.tolist(), "counts": self.counts.tolist()}
 
     def summary(self) -> str:
@@ -46,6 +70,11 @@ class NoiseReport:
                  f"  actual rate: {self.actual_rate:.2%} ({int(self.n - self.counts.diagonal().sum())} labels differ)"]
         if self.note:
             lines.append(f"  note: {self.note}")
+        if self.actual_rate > 0:
+            st = self.structure()
+            lines.append(f"  structure: largest flip {st['largest_flip']:.1%}, flips of a class over "
+                         f"{st['destinations']:.1f} effective classes, {st['majority_wrong']} noisy classes "
+                         f"mostly wrong")
         if c <= 20:
             lines.append("  transition P(noisy=j | clean=i), %:")
             head = "  clean\\noisy " + "".join(f"{j:>6d}" for j in range(c)) + "      n"
