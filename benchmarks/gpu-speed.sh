@@ -47,7 +47,7 @@ if [ $DRY = 1 ]; then
     COMMON=(--set dataset=digits --set arch=small_cnn --set device=cpu --set crop_padding=1 --set hflip=false
             --set noise=symmetric --set compile_backend=aot_eager --set progress=false)
     R34=(--set bench.warmup=0 --epochs 1)
-    TRAIN=(digits-quick --set noise=symmetric --set device=cpu --set epochs=1 --set warmup_epochs=1
+    TRAIN=(digits-quick --set noise=symmetric --set device=cpu --set epochs=1 --set warmup_epochs=1 --set lr_decay_epoch=0
            --set checkpoint_every=0)
     LEVER_ARGS=(--set bench.warmup=0 --epochs 1)
     ARCH=()
@@ -58,7 +58,7 @@ else
     COMMON=(--params cifar10-cbased-40 --set data_root=/tmp/c10 --set progress=false)
     R34=(--set bench.sync_check=true --set bench.warmup=1 --epochs 1)
     TRAIN=(cifar10-cbased-40 --set data_root=/tmp/c10 --set arch=preact_resnet18 --set epochs=4
-           --set warmup_epochs=2 --set checkpoint_every=0)
+           --set warmup_epochs=2 --set lr_decay_epoch=0 --set checkpoint_every=0)
     LEVER_ARGS=(--set bench.warmup=1 --epochs 1)
     ARCH=(--set arch=preact_resnet18)
 fi

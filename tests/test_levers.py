@@ -37,7 +37,7 @@ from hallnll.train import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = ["dataset=digits", "arch=small_cnn", "device=cpu", "crop_padding=1", "hflip=false", "noise=symmetric",
-          "noise_rate=0.4", "progress=false", "batch_size=128"]
+          "noise_rate=0.4", "progress=false", "batch_size=128", "lr_decay_epoch=0"]
 
 
 @pytest.fixture(autouse=True)
@@ -422,7 +422,7 @@ def test_settings_added_since_a_run_count_at_their_defaults(tmp_path):
     from hallnll.train import fit
 
     params = str(REPO / "params" / "digits-quick.yaml")
-    ov = ["epochs=1", "warmup_epochs=1", "noise=symmetric", "variant=ce", "progress=false", "checkpoint_every=0"]
+    ov = ["epochs=1", "warmup_epochs=1", "lr_decay_epoch=0", "noise=symmetric", "variant=ce", "progress=false", "checkpoint_every=0"]
     job = jobs.Job("s0", params, ov, 0, tmp_path / "s0")
     fit(job.config(), job.out_dir)
     assert jobs.finished(job)
