@@ -298,7 +298,7 @@ class Run:
                                                    sel.clean_hard_mask, sel.train_labels))
             self.last = sel.state()
             self.last_anchors = anchor_set(hal, sel) if hal is not None else None
-        row["test_acc"] = float(self.evaluate())
+        row["test_acc"] = float(self.evaluate()) if len(self.y_test) else None  # None: no test set (a user's folder)
         row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
         self.history.append(row)
         self.epochs_done = t + 1
