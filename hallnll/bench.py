@@ -349,7 +349,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
     for r in range(reps):
         run.timer.reset()
         with run.timer.phase("predict_train"):
-            engine.predict(model, run.train_x, cfg.eval_batch_size, cfg.bf16)
+            engine.predict(model, run.train_x, cfg.eval_batch_size, run.bf16)
         rec.add("predict_train", run.timer.seconds["predict_train"], n, fwd * n)
 
     ckpt_dir.cleanup()
@@ -386,7 +386,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
                  "shape": list(data.x_train.shape[1:]), "num_classes": run.num_classes},
         "config": cfg.to_dict(),
         "bench": {"epochs": epochs, "warmup": warm, "peak_tflops": peak, "cudnn_benchmark": opts["cudnn_benchmark"],
-                  "bf16_active": bool(cfg.bf16 and dev.type == "cuda"), "channels_last_active": bool(cfg.channels_last and dev.type == "cuda"),
+                  "bf16_active": bool(run.bf16), "channels_last_active": bool(cfg.channels_last and (dev.type == "cuda" or run.bf16)),
                   "compile_active": bool(cfg.compile and dev.type == "cuda")},
         "flops": {"model_forward_per_image": fwd, "model_train_per_image": 3 * fwd,
                   "hallucinator_forward_per_anchor": hal_fwd, "feature_dim": d},

@@ -6,6 +6,7 @@
     hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
     hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list]
     hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N]
+    hallnll fidelity [--params P] [--set k=v ...] [--seeds N] [--parallel N] [--out DIR]
 
 Errors in the input (config, data, labels) print one line ``error: ...`` and
 exit with status 2 before anything is written.
@@ -187,6 +188,12 @@ def cmd_reproduce(args) -> int:
     return reproduce_main(args)
 
 
+def cmd_fidelity(args) -> int:
+    from .fidelity import main as fidelity_main
+
+    return fidelity_main(args)
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -257,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s the %% column refers to (default 800, dense bf16 H100)")
     b.add_argument("--parallel", type=int, default=None, help="run N bench processes at once on one device and sum their throughput")
     b.set_defaults(fn=cmd_bench)
+
+    f = sub.add_parser("fidelity", help="ce/gmm/easy/hallnll on clean and noisy labels of a real CIFAR-10 subset")
+    f.add_argument("--params", default="fidelity-cifar10", help="default: the shipped fidelity-cifar10.yaml")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--out", default="runs/fidelity")
+    f.add_argument("--seeds", type=int, default=1)
+    f.add_argument("--parallel", type=int, default=2, help="cells run at once (default 2: one per core here)")
+    f.add_argument("--variants", default="ce,gmm,easy,hallnll")
+    f.add_argument("--labels", default="clean,noisy")
+    f.add_argument("--tol", type=float, default=0.005, help="clean labels: how far below ce an SSL variant may end")
+    f.add_argument("--data-note", default="", help='how the report names the data, e.g. "CIFAR-10 (JPEG q75 copy)"')
+    f.add_argument("--no-resume", action="store_true")
+    f.set_defaults(fn=cmd_fidelity)
     return p
 
 

@@ -26,10 +26,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked; a no-op elsewhere (the CPU path is fp32)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device`` when ``bf16`` (callers decide where it is wanted:
+    :func:`use_bf16`); a no-op otherwise."""
+    if bf16 and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def use_bf16(cfg, device: torch.device) -> bool:
+    """Whether ``cfg`` asks for bf16 autocast (and channels_last) on ``device``:
+    on CUDA with ``bf16``; on the CPU only with ``cpu_bf16`` as well."""
+    return bool(cfg.bf16) and (device.type == "cuda" or (device.type == "cpu" and bool(cfg.cpu_bf16)))
 
 
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -73,6 +80,33 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
 
 
 @torch.no_grad()
+def recalibrate_bn(model, images: DeviceImages, n_images: int, batch_size: int, generator,
+                   padding: int = 4, hflip: bool = True, bf16: bool = False) -> None:
+    """Re-estimate every BatchNorm layer's running statistics ("precise BN").
+
+    Resets them and averages the batch statistics of ``n_images`` randomly
+    chosen, augmented (crop/flip as in training, never mixed) training images
+    in batches of ``batch_size``, in train mode, under the current weights:
+    :func:`torch.optim.swa_utils.update_bn` on batches from the device.
+    Whole batches only (the last partial one is dropped unless it is the only
+    one), so every batch statistic has the training batch's size.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    n = len(images)
+    k = min(n, n_images)
+    idx = torch.randperm(n, device=images.device, generator=generator)[:k]
+    steps = max(1, k // batch_size)
+
+    batches = (images.batch(idx[i * batch_size:(i + 1) * batch_size], True, padding, hflip, generator)
+               for i in range(steps))
+    with autocast(images.device, bf16):
+        update_bn(batches, model)
+
+
+@torch.no_grad()
 def predict(model, images: DeviceImages, batch_size: int = 1024, bf16: bool = False, features: bool = True):
     """Logits ``[N, C]`` and features ``[N, d]`` (fp32) of un-augmented images, eval mode."""
     model.eval()
@@ -93,6 +127,34 @@ def accuracy(model, images: DeviceImages, labels: torch.Tensor, batch_size: int 
     """Top-1 accuracy as a 0-dim device tensor."""
     logits, _ = predict(model, images, batch_size, bf16, features=False)
     return (logits.argmax(1) == labels).float().mean()
+
+
+@torch.no_grad()
+def accuracy_batch_stats(model, images: DeviceImages, labels: torch.Tensor, batch_size: int = 1024,
+                         bf16: bool = False) -> torch.Tensor:
+    """Top-1 accuracy with BatchNorm in train mode: every test batch normalised by
+    its own statistics instead of the running averages. A diagnostic: far above
+    :func:`accuracy` means the running averages do not describe the weights.
+    The running averages are left exactly as they were."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
+    for m in bns:
+        m.momentum = 0.0  # running = 1 * running + 0 * batch: unchanged
+    was_training = model.training
+    model.train()
+    correct = torch.zeros((), device=images.device)
+    try:
+        for idx, x in images.iter_batches(batch_size):
+            with autocast(images.device, bf16):
+                out = model(x)
+            correct += (out.argmax(1) == labels[idx]).sum()
+    finally:
+        for m, (mom, nbt) in zip(bns, saved):
+            m.momentum = mom
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+        model.train(was_training)
+    return correct / len(images)
 
 
 def num_iters(n_labeled: int, batch_size: int) -> int:

@@ -10,6 +10,12 @@ Every model here exposes ``features(x) -> [B, d]``, ``classifier`` (an
 - ``resnet50``: torchvision's ResNet-50 for Clothing1M-style data, ImageNet
   weights loaded from a local file when given; d = 2048.
 - ``small_cnn``: a small CNN for the embedded digits default; d = 128.
+
+``width`` (the config field of that name) sets the base number of channels:
+0 keeps each model's own (64 for the CIFAR ResNets, so d = 512; 32 for
+``small_cnn``); a CIFAR ResNet of width w has stages of w, 2w, 4w, 8w
+channels and d = 8w. Narrow widths make the CPU-scale fidelity check
+(``hallnll fidelity``) affordable; torchvision's ResNet-50 has no width.
 """
 from __future__ import annotations
 
@@ -61,23 +67,23 @@ class PreActBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs: 3x3 stem, no max-pool, four stages, global pooling."""
 
-    def __init__(self, block, num_blocks, num_classes, in_channels=3, preact=False):
+    def __init__(self, block, num_blocks, num_classes, in_channels=3, preact=False, width=64):
         super().__init__()
-        self.in_planes = 64
+        self.in_planes = width
         self.preact = preact
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(width)
         stages = []
-        for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2)):
+        for planes, n, stride in zip((width, 2 * width, 4 * width, 8 * width), num_blocks, (1, 2, 2, 2)):
             layers = []
             for s in [stride] + [1] * (n - 1):
                 layers.append(block(self.in_planes, planes, s))
                 self.in_planes = planes
             stages.append(nn.Sequential(*layers))
         self.layers = nn.Sequential(*stages)
-        self.bn_final = nn.BatchNorm2d(512) if preact else nn.Identity()
-        self.feature_dim = 512
-        self.classifier = nn.Linear(512, num_classes)
+        self.bn_final = nn.BatchNorm2d(8 * width) if preact else nn.Identity()
+        self.feature_dim = 8 * width
+        self.classifier = nn.Linear(8 * width, num_classes)
 
     def features(self, x):
         out = self.conv1(x)
@@ -136,14 +142,17 @@ class TorchvisionResNet50(nn.Module):
         return self.classifier(self.features(x))
 
 
-def build_model(arch: str, num_classes: int, in_channels: int = 3, pretrained: str = "") -> nn.Module:
-    """The classifier f_theta o g_rho named by ``arch`` (see the module docstring)."""
+def build_model(arch: str, num_classes: int, in_channels: int = 3, pretrained: str = "", width: int = 0) -> nn.Module:
+    """The classifier f_theta o g_rho named by ``arch`` (see the module docstring);
+    ``width`` 0 is the model's own base width."""
     if arch == "resnet34":
-        return CifarResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels)
+        return CifarResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, width=width or 64)
     if arch == "preact_resnet18":
-        return CifarResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, preact=True)
+        return CifarResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, preact=True, width=width or 64)
     if arch == "resnet50":
+        if width:
+            raise ValueError("arch=resnet50 has no width option; leave width at 0")
         return TorchvisionResNet50(num_classes, in_channels, pretrained)
     if arch == "small_cnn":
-        return SmallCNN(num_classes, in_channels)
+        return SmallCNN(num_classes, in_channels, width=width or 32)
     raise ValueError(f"unknown arch {arch!r}; use resnet34, preact_resnet18, resnet50 or small_cnn")

@@ -17,6 +17,9 @@ method              Alg. 1 / paper                    returns
 ``select_hard``     lines 17-19, §3.3                 :class:`Selection` with the
                                                       clean-hard subset added
 ``ssl_epoch``       lines 20-23, Eq. 3 (MixMatch)     losses (device tensors)
+``recalibrate_bn``  after every training epoch:       -
+                    BatchNorm statistics re-estimated
+                    on un-mixed training images
 ``evaluate``        test accuracy                     device tensor
 ==================  ================================  ==============================
 
@@ -142,10 +145,11 @@ class Run:
 
     def __init__(self, cfg: Config, data: ImageData, noisy: torch.Tensor, device=None):
         dev = engine.resolve_device(cfg.device) if device is None else torch.device(device)
-        cl = cfg.channels_last and dev.type == "cuda"
+        self.bf16 = engine.use_bf16(cfg, dev)  # bf16 autocast here (CUDA, or the CPU with cpu_bf16)
+        cl = cfg.channels_last and (dev.type == "cuda" or self.bf16)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained).to(dev)
+            model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
             self.hal = Hallucinator(model.feature_dim, cfg.hal_hidden, cfg.hal_out_relu).to(dev)
         if cl:
             model = model.to(memory_format=torch.channels_last)
@@ -174,14 +178,14 @@ class Run:
         cfg = self.cfg
         with self.timer.phase("warmup"):
             return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
-                                   cfg.crop_padding, cfg.hflip, cfg.bf16)
+                                   cfg.crop_padding, cfg.hflip, self.bf16)
 
     def easiness(self) -> Easiness:
         """Alg. 1 line 6 (§3.1): logits and features of the training images, the
         per-sample losses against the given labels, their GMM and omega."""
         cfg = self.cfg
         with self.timer.phase("easiness"):
-            logits, feats = engine.predict(self.model, self.train_x, cfg.eval_batch_size, cfg.bf16)
+            logits, feats = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16)
             losses = selection.per_sample_loss(logits, self.given)
             gmm = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed)
             return Easiness(logits, feats, losses, gmm, gmm.omega(losses.device))
@@ -242,12 +246,68 @@ class Run:
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
                                  sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
-                                 self.rng, iters)
+                                 self.rng, iters, bf16=self.bf16)
+
+    def recalibrate_bn(self) -> None:
+        """After a training epoch: re-estimate the BatchNorm statistics on
+        ``cfg.bn_recal_images`` augmented, un-mixed training images under the
+        final weights of the epoch (see ``Config.bn_recal_images`` for why).
+
+        Draws from a generator of its own, seeded by (seed, epoch), so the
+        training stream of batches and augmentations is the same with or
+        without it."""
+        cfg = self.cfg
+        if not cfg.bn_recal_images:
+            return
+        with self.timer.phase("bn_recal"):
+            gen = torch.Generator(self.device).manual_seed(cfg.seed * 100_003 + self.epochs_done)
+            engine.recalibrate_bn(self.model, self.train_x, cfg.bn_recal_images, cfg.batch_size, gen,
+                                  cfg.crop_padding, cfg.hflip, self.bf16)
 
     def evaluate(self) -> torch.Tensor:
         """Top-1 accuracy on the test set (a device tensor)."""
         with self.timer.phase("eval"):
-            return engine.accuracy(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size, self.cfg.bf16)
+            return engine.accuracy(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size, self.bf16)
+
+    # ------------------------------------------------------------ diagnostics
+    def selection_diagnostics(self, ez: Easiness, sel: Selection, hal: Optional[HallucinationResult]) -> dict:
+        """What the labeled/unlabeled split and S_hal look like (metrics.jsonl keys).
+
+        - ``unlabeled_pred_acc`` (truth known): accuracy of the model's own
+          predictions on the unlabeled set, the basis of MixMatch's label
+          guesses there;
+        - ``anchor_valid_share``: share of anchors whose nearest hard feature
+          is at cosine >= lambda_conf (a valid representative, §3.3);
+          ``anchor_sim_q10/q50/q90``: quantiles of that nearest cosine;
+          ``real_pair_sim_q50``: median cosine of random pairs of real
+          training features, the level below which lambda_conf filters
+          nothing that chance would not already pass.
+        """
+        out: dict = {}
+        with self.timer.phase("diagnostics"):
+            unl = ~sel.labeled_mask
+            if self.true is not None and bool(unl.any()):
+                out["unlabeled_pred_acc"] = float((ez.logits[unl].argmax(1) == self.true[unl]).float().mean())
+            if hal is not None and sel.hard is not None and len(sel.hard.similarity):
+                sim = sel.hard.similarity.float()
+                q = torch.quantile(sim, torch.tensor([0.1, 0.5, 0.9], device=sim.device))
+                out.update(anchor_valid_share=float((sim >= self.cfg.lambda_conf).float().mean()),
+                           anchor_sim_q10=float(q[0]), anchor_sim_q50=float(q[1]), anchor_sim_q90=float(q[2]))
+                g = torch.Generator(self.device).manual_seed(self.cfg.seed)
+                n = len(ez.feats)
+                i = torch.randint(0, n, (4096,), device=self.device, generator=g)
+                j = torch.randint(0, n, (4096,), device=self.device, generator=g)
+                pair = torch.nn.functional.cosine_similarity(ez.feats[i].float(), ez.feats[j].float(), dim=1)
+                out["real_pair_sim_q50"] = float(pair.median())
+        return out
+
+    def bn_diagnostics(self) -> dict:
+        """Test accuracy with BatchNorm's batch statistics (``test_acc_batch_bn``):
+        far above ``test_acc`` means the running averages misdescribe the weights."""
+        with self.timer.phase("diagnostics"):
+            acc = engine.accuracy_batch_stats(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size,
+                                              self.bf16)
+        return {"test_acc_batch_bn": float(acc)}
 
     # ------------------------------------------------------------ one epoch
     def select(self) -> tuple:
@@ -286,7 +346,7 @@ class Run:
             self._check_finite(row["train_loss"], row["phase"])
         else:
             row["phase"] = "ssl"
-            _, sel, hal = self.select()
+            ez, sel, hal = self.select()
             losses = self.ssl_epoch(sel)
             row.update({k: float(v) for k, v in losses.items()})
             row["train_loss"] = row.pop("loss")
@@ -296,9 +356,19 @@ class Run:
             self._check_finite(row["train_loss"], "ssl")
             row.update(reporting.selection_metrics(self.true, self.given, sel.labeled_mask, sel.easy_mask,
                                                    sel.clean_hard_mask, sel.train_labels))
+            if cfg.diagnostics:
+                row.update(self.selection_diagnostics(ez, sel, hal))
             self.last = sel.state()
             self.last_anchors = anchor_set(hal, sel) if hal is not None else None
-        row["test_acc"] = float(self.evaluate()) if len(self.y_test) else None  # None: no test set (a user's folder)
+        has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
+        if cfg.diagnostics and cfg.bn_recal_images and has_test:
+            with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
+                row["test_acc_running_bn"] = float(engine.accuracy(self.model, self.test_x, self.y_test,
+                                                                   cfg.eval_batch_size, self.bf16))
+        self.recalibrate_bn()
+        row["test_acc"] = float(self.evaluate()) if has_test else None
+        if cfg.diagnostics and has_test:
+            row.update(self.bn_diagnostics())
         row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
         self.history.append(row)
         self.epochs_done = t + 1
@@ -351,7 +421,7 @@ class Run:
         """
         cfg = self.cfg
         if self.last:
-            logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, cfg.bf16, features=False)
+            logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16, features=False)
             omega, easy, ch, train_labels = (self.last[k] for k in ("omega", "easy_mask", "clean_hard_mask",
                                                                    "train_labels"))
             labeled = easy | ch

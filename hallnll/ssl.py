@@ -79,7 +79,7 @@ def ssl_loss(logits: torch.Tensor, mixed_targets: torch.Tensor, n_labeled: int, 
 
 def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tensor, lab_w: torch.Tensor,
               unl_idx: torch.Tensor, num_classes: int, cfg, epoch: int, generator, rng: np.random.Generator,
-              iters: int, step_fn=None) -> dict:
+              iters: int, step_fn=None, bf16: bool | None = None) -> dict:
     """One classification phase of Alg. 1 (lines 20-23): ``iters`` MixMatch steps.
 
     ``lab_idx``/``unl_idx`` index the training images; ``lab_labels`` are the
@@ -89,7 +89,11 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
     dev = images.device
     bs = cfg.batch_size
     n_l, n_u = len(lab_idx), len(unl_idx)
-    pad, flip, bf16 = cfg.crop_padding, cfg.hflip, cfg.bf16
+    pad, flip = cfg.crop_padding, cfg.hflip
+    if bf16 is None:  # the caller did not decide: bf16 where cfg asks for it on this device
+        from .engine import use_bf16
+
+        bf16 = use_bf16(cfg, dev)
     eye = torch.eye(num_classes, device=dev)
 
     def stream(n):  # indices 0..n-1, reshuffled every pass, enough for all iterations

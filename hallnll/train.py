@@ -65,18 +65,29 @@ def cpu_threads(n: int):
 def prepare(cfg: Config, data: ImageData | None = None, noisy: torch.Tensor | None = None, progress=None):
     """Load the data and the noisy labels named by ``cfg`` (or take and check the given ones),
     with ``cfg.threads`` CPU threads (regenerated noise depends on the thread count)."""
+    given = noisy is not None
     with cpu_threads(cfg.threads):
         if data is None:
             data = load_dataset(cfg)
-        if noisy is None:
+        if not given:
             noisy, rep = make_noisy_labels(cfg, data, progress=cfg.progress if progress is None else progress)
-            return data, noisy, rep
-    noisy = torch.as_tensor(noisy, dtype=torch.int64).cpu()
-    if noisy.shape != data.y_train.shape:
-        raise ValueError(f"noisy labels have shape {tuple(noisy.shape)}, the training set {tuple(data.y_train.shape)}")
-    if noisy.min() < 0 or noisy.max() >= data.num_classes:
-        raise ValueError(f"noisy labels must lie in [0, {data.num_classes}); got {int(noisy.min())}..{int(noisy.max())}")
-    rep = report(data.y_train, noisy, data.num_classes, "given", float((noisy != data.y_train).float().mean()), None)
+    if given:
+        noisy = torch.as_tensor(noisy, dtype=torch.int64).cpu()
+        if cfg.train_subset and len(noisy) == min(cfg.train_subset, len(data.y_train)) < len(data.y_train):
+            data = data.head(cfg.train_subset, cfg.test_subset)  # labels given for the subset only
+        if noisy.shape != data.y_train.shape:
+            raise ValueError(f"noisy labels have shape {tuple(noisy.shape)}, the training set {tuple(data.y_train.shape)}")
+        if noisy.min() < 0 or noisy.max() >= data.num_classes:
+            raise ValueError(f"noisy labels must lie in [0, {data.num_classes}); got {int(noisy.min())}..{int(noisy.max())}")
+        rep = report(data.y_train, noisy, data.num_classes, "given", float((noisy != data.y_train).float().mean()), None)
+    if (cfg.train_subset and len(noisy) > cfg.train_subset) or (cfg.test_subset and len(data.y_test) > cfg.test_subset):
+        # the labels were made for the whole set; both are cut the same way
+        n_all = len(noisy)
+        data = data.head(cfg.train_subset, cfg.test_subset)
+        noisy = noisy[:len(data.y_train)]
+        if len(noisy) < n_all:
+            note = f"the first {len(noisy)} of {n_all} training images" + (f"; {rep.note}" if rep.note else "")
+            rep = report(data.y_train, noisy, data.num_classes, rep.kind, rep.target_rate, rep.seed, note)
     return data, noisy, rep
 
 

@@ -48,6 +48,16 @@ class ImageData:
     train_paths: list = field(default_factory=list)  # a folder's images as written in its CSV (else empty)
     test_paths: list = field(default_factory=list)
 
+    def head(self, n_train: int = 0, n_test: int = 0) -> "ImageData":
+        """The first ``n_train`` training and ``n_test`` test images (0: all), with
+        this set's classes and normalisation."""
+        tr = slice(None, n_train or None)
+        te = slice(None, n_test or None)
+        return ImageData(self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
+                         classes=list(self.classes), mean=self.mean, std=self.std,
+                         train_labels_known=self.train_labels_known, train_paths=self.train_paths[tr],
+                         test_paths=self.test_paths[te])
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
