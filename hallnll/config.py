@@ -230,13 +230,12 @@ class Config:
             bad("crop_padding", "must be -1 (an eighth of the image side) or a padding in pixels >= 0")
         if self.image_size < 4:
             bad("image_size", "must be at least 4 (pixels)")
-        for key in ("warmup_epochs", "threads", "hal_hidden", "hal_batch_size", "hal_iters",
         for key in ("train_subset", "test_subset", "width", "bn_recal_images"):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative (0 means: all / the default)")
         if self.width and self.arch == "resnet50":
             bad("width", "has no effect on arch=resnet50 (torchvision's ResNet-50); leave it at 0")
-        for key in ("warmup_epochs", "crop_padding", "hal_hidden", "hal_batch_size", "hal_iters",
+        for key in ("warmup_epochs", "threads", "hal_hidden", "hal_batch_size", "hal_iters",
                     "rampup_epochs", "gmm_max_iter", "cbased_epochs", "checkpoint_every"):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative")
