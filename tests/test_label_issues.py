@@ -11,10 +11,12 @@ import torch
 
 from hallnll.cli import folder_config
 from hallnll.cli import main as cli_main
-from hallnll.label_issues import fold_index, issues_from_probs
+from hallnll.label_issues import calibrated_joint, fold_index, issues_from_probs
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-QUICK = ["epochs=8", "warmup_epochs=3", "lr_decay_epoch=6", "progress=false"]
+# the digits CNN (the CPU profile's ResNet is for photos), a few epochs
+QUICK = ["arch=small_cnn", "width=0", "epochs=8", "warmup_epochs=3", "lr_decay_epoch=6", "progress=false"]
+FIXTURE = ["suggest_confidence=0.6"]  # 8 epochs leave the digits CNN below the default 0.9 on most images
 
 
 def digits_folder(root, n_train=600, n_test=200, rate=0.3, seed=0):
@@ -55,7 +57,7 @@ def folder_run(tmp_path_factory):
     truth = digits_folder(root)
     out = root / "run"
     args = ["fit-folder", str(root / "train.csv"), "--test", str(root / "test.csv"), "--out", str(out)]
-    for s in QUICK:
+    for s in QUICK + FIXTURE:
         args += ["--set", s]
     assert cli_main(args) == 0
     return root, out, truth
@@ -73,8 +75,8 @@ def test_one_row_per_image_of_the_csvs_keyed_by_path(folder_run):
     assert all(0.0 <= float(r["label_quality"]) <= 1.0 for r in rows)
     assert {r["subset"] for r in rows if r["split"] == "train"} <= {"easy", "clean-hard", "unlabeled"}
     assert {r["subset"] for r in rows if r["split"] == "test"} == {"test"}
-    for r in rows:  # a suggestion differs from the given label exactly where an issue is flagged
-        assert (r["is_label_issue"] == "True") == (r["suggested_label"] != r["given_label"])
+    for r in rows:  # a label is only changed where an issue is flagged
+        assert r["suggested_label"] == r["given_label"] or r["is_label_issue"] == "True"
 
 
 def test_the_report_finds_the_wrong_labels_and_improves_them(folder_run):
@@ -87,7 +89,7 @@ def test_the_report_finds_the_wrong_labels_and_improves_them(folder_run):
     suggested_acc = np.mean([r["suggested_label"] == truth[r["path"]] for r in rows])
     assert 0.25 < wrong.mean() < 0.35
     assert precision > 0.6 and recall > 0.5, (precision, recall)  # chance: precision = the noise rate
-    assert suggested_acc > given_acc + 0.1
+    assert suggested_acc > given_acc + 0.05
     # label_quality ranks the wrong labels first
     q = np.array([float(r["label_quality"]) for r in rows])
     assert q[wrong].mean() < q[~wrong].mean() - 0.3
@@ -117,7 +119,7 @@ def test_a_finished_report_is_resumed_not_recomputed(folder_run, capsys):
     root, out, _ = folder_run
     before = (out / "label_issues.csv").read_text()
     args = ["fit-folder", str(root / "train.csv"), "--test", str(root / "test.csv"), "--out", str(out)]
-    for s in QUICK:
+    for s in QUICK + FIXTURE:
         args += ["--set", s]
     assert cli_main(args) == 0
     assert (out / "label_issues.csv").read_text() == before
@@ -132,7 +134,10 @@ def test_a_finished_report_is_resumed_not_recomputed(folder_run, capsys):
 def test_folder_config_sizes_to_the_data(tmp_path):
     truth = digits_folder(tmp_path, n_train=300, n_test=10)
     cfg = folder_config(tmp_path / "train.csv", None, None, [])
-    assert cfg.arch == "small_cnn" and cfg.device == "cpu" and cfg.hflip  # the CPU profile here
+    assert (cfg.arch, cfg.width, cfg.device, cfg.hflip) == ("preact_resnet18", 16, "cpu", True)  # the CPU profile
+    from hallnll.cli import cpu_has_amx
+
+    assert cfg.cpu_bf16 == cpu_has_amx()
     assert cfg.image_size == 8 and cfg.crop_padding == 1  # the images' own side, not upscaled to 16
     assert cfg.batch_size == 16 and cfg.name == tmp_path.name  # 150 images per run: the smallest batch
     cfg = folder_config(tmp_path / "train.csv", None, None, ["image_size=12", "batch_size=64", "name=x"])
@@ -141,13 +146,21 @@ def test_folder_config_sizes_to_the_data(tmp_path):
 
 
 def test_rule_and_folds():
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.3, 0.7]])
-    given = np.array([0, 0, 1, 1])
-    r = issues_from_probs(probs, given)
-    # thresholds: class 0 -> mean(0.9, 0.2) = 0.55, class 1 -> mean(0.45, 0.7) = 0.575
-    assert np.allclose(r["thresholds"], [0.55, 0.575])
-    assert r["is_label_issue"].tolist() == [False, True, True, False]
-    assert r["suggested"].tolist() == [0, 1, 0, 1] and np.allclose(r["label_quality"], [0.9, 0.2, 0.45, 0.7])
+    probs = np.array([[0.9, 0.1], [0.05, 0.95], [0.95, 0.05], [0.3, 0.7], [0.8, 0.2], [0.35, 0.65]])
+    given = np.array([0, 0, 1, 1, 0, 1])
+    # thresholds: class 0 -> mean(0.9, 0.05, 0.8) = 0.583, class 1 -> mean(0.05, 0.7, 0.65) = 0.467;
+    # confident joint (given -> confident class): 0->0 twice, 0->1 once, 1->0 once, 1->1 twice
+    joint = calibrated_joint(probs, given)
+    assert np.allclose(joint, [[2, 1], [1, 2]])
+    r = issues_from_probs(probs, given, suggest_confidence=0.9)
+    # one issue per off-diagonal count, the largest margin p_j - p_i in its given class
+    assert r["is_label_issue"].tolist() == [False, True, True, False, False, False]
+    assert r["suggested"].tolist() == [0, 1, 0, 1, 0, 1] and np.allclose(r["label_quality"], probs[range(6), given])
+    r = issues_from_probs(probs, given, suggest_confidence=0.96)  # not confident enough to change a label
+    assert r["is_label_issue"].sum() == 2 and r["suggested"].tolist() == given.tolist()
+    from cleanlab.filter import find_label_issues  # noqa: the same issues as cleanlab's default filter
+
+    assert find_label_issues(given, probs).tolist() == issues_from_probs(probs, given)["is_label_issue"].tolist()
     y = torch.tensor([0] * 10 + [1] * 7 + [2] * 3)
     f = fold_index(y, 2, seed=0)
     for c in range(3):  # stratified: each fold holds half of every class
@@ -176,7 +189,40 @@ def test_find_label_issues_on_arrays():
     assert tr["is_label_issue"].dtype == bool and tr["label_quality"].between(0, 1).all()
     flagged = tr["is_label_issue"].to_numpy()
     assert (flagged & flip).sum() > 0.5 * flagged.sum()  # far above chance (25%)
+    truth = np.array([NAMES[i] for i in y])
+    assert (tr["suggested_label"].to_numpy() == truth).mean() >= (tr["given_label"].to_numpy() == truth).mean()
     with pytest.raises(hallnll.DataError, match="uint8"):
         hallnll.find_label_issues(x.astype(np.float32), noisy)
     with pytest.raises(hallnll.DataError, match="400 images but 399 labels"):
         hallnll.find_label_issues(x, noisy[:-1])
+
+
+def test_the_benchmark_scores_both_methods_on_a_tiny_cifar_folder(tmp_path):
+    """benchmarks/label_issues.py end to end at toy size (its numbers are meaningless here)."""
+    pytest.importorskip("cleanlab", reason="the benchmark compares with cleanlab (pip install -e '.[dev]')")
+    import sys
+    from pathlib import Path
+
+    from conftest import CIFAR_N_DIR, CIFAR_JPEG, shared_file
+
+    shared_file("cifar10-jpeg/train.npz")
+    shared_file("noisy-labels/cifar-n/CIFAR-10_human.npz")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import label_issues as bench
+
+    out = tmp_path / "bench"
+    sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=2", "width=4"]
+    assert bench.main(["--jpeg-dir", str(CIFAR_JPEG), "--cifar-n", str(CIFAR_N_DIR / "CIFAR-10_human.npz"),
+                       "--labels", "worse_label", "--n-train", "120", "--n-test", "40", "--cleanlab-folds", "2",
+                       "--out", str(out), *sum([["--set", s] for s in sets], [])]) == 0
+    res = json.loads((out / "results.json").read_text())
+    human = np.load(CIFAR_N_DIR / "CIFAR-10_human.npz")
+    wrong = (human["worse_label"][:120] != human["clean_label"][:120]).mean()
+    for method in ("hallnll", "cleanlab"):
+        assert res[method]["n"] == 120 and res[method]["noise_rate"] == pytest.approx(wrong)
+        assert 0 <= res[method]["precision"] <= 1 and 0 <= res[method]["recall"] <= 1
+    assert res["setting"]["labels"] == "CIFAR-10N worse_label"
+    rows = read_rows(out / "folder" / "labels.csv")
+    assert len(rows) == 120 and rows[0]["path"] == "train/00000.jpg"
+    md = (out / "results.md").read_text()
+    assert "| hallnll fit-folder (2-fold) |" in md and "| cleanlab find_label_issues (2-fold CE) |" in md
