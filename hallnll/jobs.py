@@ -13,9 +13,11 @@ The skip rule (:func:`finished`): a job is done when its folder holds
 job's; a folder with other settings is run again (``fit`` resumes from its
 checkpoint when the noisy labels agree).
 
-``parallel > 1`` runs that many jobs at once in worker processes, each with
-``cpu_count // parallel`` threads (torch's, and OpenMP/MKL's in a notebook's
-kernel). A failed job is reported in its result; the others go on.
+``parallel > 1`` runs that many jobs at once in worker processes. Each run
+uses its config's ``threads`` torch threads (1 by default, as every command);
+``cpu_count // parallel`` is the worker's own setting, which ``threads = 0``
+keeps, and OpenMP/MKL's in a notebook's kernel. A failed job is reported in
+its result; the others go on.
 """
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ def issues_from_probs(probs: np.ndarray, given: np.ndarray, suggest_confidence: 
     ``label_quality`` is p_i, the probability of the given label. The suggested
     label is the most likely other class j where an image is an issue and the
     model gives j at least ``suggest_confidence``, else the given label: on the
-    development data (README, "Label issues") a lower bar made the suggested
-    labels less accurate than the given ones. ``joint`` replaces the estimated
+    development data (``benchmarks/label_issues_dev.py``) a lower bar made the
+    suggested labels less accurate than the given ones. ``joint`` replaces the estimated
     counts (the test rows use the training images'). Returns numpy arrays
     ``is_label_issue``, ``label_quality``, ``suggested`` and the ``joint``."""
     probs = np.asarray(probs, dtype=np.float64)

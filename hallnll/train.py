@@ -3,10 +3,15 @@
 :func:`fit` loads the data and the noisy labels (:func:`prepare`), builds a
 :class:`hallnll.run.Run` (the state of the run, its epoch as the steps of
 Alg. 1) and calls :meth:`Run.epoch` until ``cfg.epochs``; with ``out_dir`` it
-writes ``config.yaml``, ``noise_report.txt``, ``noisy_labels.csv``,
-``metrics.jsonl``, ``summary.json``, ``labels.csv`` and ``checkpoint.pt``
-(every ``checkpoint_every`` epochs and at the end), from which an
-interrupted run resumes exactly.
+writes ``config.yaml``, ``noise_report.txt``, ``noisy_labels.csv`` (where the
+clean labels are known), ``metrics.jsonl``, ``summary.json``, ``labels.csv``
+and ``checkpoint.pt`` (every ``checkpoint_every`` epochs and at the end), from
+which an interrupted run resumes exactly. Before anything is prepared or
+written, a checkpoint in ``out_dir`` is read and checked
+(:func:`read_checkpoint`, :func:`check_resumable`): a damaged file, or one
+made with settings that change results or with other labels, raises one
+:class:`CheckpointError`. Everything runs with ``cfg.threads`` CPU threads
+(:func:`cpu_threads`).
 
 The variants of Table 5 (``cfg.variant``): ``ce`` cross-entropy on the noisy
 labels throughout; ``gmm`` labeled = omega > gmm_threshold (DivideMix without
