@@ -140,7 +140,7 @@ def cmd_fit_folder(args) -> int:
           + (f"; test accuracy {100 * s['test_acc']:.2f}% ({s['n_label_issues_test']} test labels flagged)"
              if s["test_acc"] is not None else "; no test CSV, so no test accuracy"))
     print(f"{s['wall_seconds']:.0f} s. wrote {Path(args.out) / 'label_issues.csv'} (one row per image; "
-          f"sort by label_quality, lowest first, to review), summary.json and the runs in fold*/")
+          f"sort by label_quality, lowest first, to review), summary.json and the run folders under it")
     return 0
 
 

@@ -155,6 +155,14 @@ def _probs(model, x: torch.Tensor, data: ImageData, cfg: Config, device) -> np.n
     return torch.softmax(logits.float(), 1).cpu().numpy()
 
 
+def _run_dirs(cfg: Config, out: Path) -> list:
+    return [out / f"fold{j}" for j in range(cfg.label_folds)] if cfg.label_folds else [out / "run"]
+
+
+def _run_config(cfg: Config, j: int) -> Config:
+    return cfg.replace(name=f"{cfg.name}-fold{j}") if cfg.label_folds else cfg
+
+
 @dataclass
 class OutOfSample:
     """Probabilities of the training images from models that did not train on
@@ -172,7 +180,7 @@ def out_of_sample(cfg: Config, data: ImageData, noisy: torch.Tensor, out_dir=Non
                   progress: bool | None = None) -> OutOfSample:
     """Run the method ``cfg.label_folds`` times (or once, for 0) and collect the
     probabilities the report is made from; each run is a run folder
-    ``out_dir/fold<j>`` (resumable on its own)."""
+    ``out_dir/fold<j>`` (``out_dir/run`` for 0), resumable on its own."""
     from .train import cpu_threads, fit
 
     k = cfg.label_folds
@@ -188,9 +196,8 @@ def out_of_sample(cfg: Config, data: ImageData, noisy: torch.Tensor, out_dir=Non
         train_idx = (folds != j).nonzero().squeeze(1) if k else torch.arange(n)
         held = (folds == j).nonzero().squeeze(1) if k else torch.arange(n)
         sub = _subset_data(data, train_idx, f"{data.name}:fold{j}" if k else data.name)
-        run_dir = (out / f"fold{j}" if k else out) if out is not None else None
-        res = fit(cfg.replace(name=f"{cfg.name}-fold{j}" if k else cfg.name), run_dir, data=sub,
-                  noisy=noisy[train_idx], resume=resume, progress=progress)
+        run_dir = _run_dirs(cfg, out)[j] if out is not None else None
+        res = fit(_run_config(cfg, j), run_dir, data=sub, noisy=noisy[train_idx], resume=resume, progress=progress)
         with cpu_threads(cfg.threads):
             probs[held.numpy()] = _probs(res.model, data.x_train[held], sub, cfg, dev)
             test_probs += _probs(res.model, data.x_test, sub, cfg, dev)
@@ -260,13 +267,18 @@ def report(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torc
            resume: bool = True, progress: bool | None = None) -> tuple:
     """The label-issue report of ``cfg``'s data: ``(columns, summary)``; with
     ``out_dir`` it writes ``label_issues.csv``, ``summary.json`` and
-    ``config.yaml`` there and the runs under ``out_dir/fold<j>``."""
-    from .train import prepare
+    ``config.yaml`` there and the runs under it (:func:`out_of_sample`)."""
+    from .train import check_resumable, prepare, read_checkpoint
 
     cfg.validate()
     t0 = time.perf_counter()
-    data, noisy, _ = prepare(cfg, data, noisy, progress=cfg.progress if progress is None else progress)
     out = Path(out_dir) if out_dir is not None else None
+    if resume and out is not None:  # the runs' checkpoints are checked before the data and noise are prepared
+        for j, run_dir in enumerate(_run_dirs(cfg, out)):
+            if (run_dir / "checkpoint.pt").is_file():
+                state = read_checkpoint(run_dir / "checkpoint.pt")
+                check_resumable(_run_config(cfg, j), state, run_dir / "checkpoint.pt")
+    data, noisy, _ = prepare(cfg, data, noisy, progress=cfg.progress if progress is None else progress)
     oos = out_of_sample(cfg, data, noisy, out, resume, progress)
     cols = build(data, noisy, oos, cfg.suggest_confidence)
     n = len(noisy)

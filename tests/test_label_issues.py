@@ -226,3 +226,18 @@ def test_the_benchmark_scores_both_methods_on_a_tiny_cifar_folder(tmp_path):
     assert len(rows) == 120 and rows[0]["path"] == "train/00000.jpg"
     md = (out / "results.md").read_text()
     assert "| hallnll fit-folder (2-fold) |" in md and "| cleanlab find_label_issues (2-fold CE) |" in md
+
+
+def test_a_damaged_run_checkpoint_is_refused_before_the_images_are_read(tmp_path, monkeypatch, capsys):
+    import hallnll.train as T
+
+    digits_folder(tmp_path, n_train=60, n_test=10)
+    out = tmp_path / "run"
+    (out / "fold1").mkdir(parents=True)
+    (out / "fold1" / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    calls = []
+    monkeypatch.setattr(T, "prepare", lambda *a, **k: calls.append(1))
+    rc = cli_main(["fit-folder", str(tmp_path / "train.csv"), "--out", str(out)] + sum([["--set", s] for s in QUICK], []))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("error:") == 1 and "fold1/checkpoint.pt" in err and "--no-resume" in err
+    assert calls == [] and sorted(p.name for p in out.iterdir()) == ["fold1"]
