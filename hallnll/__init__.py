@@ -7,6 +7,7 @@ The public verbs::
     cfg = load_config("params/digits-quick.yaml", overrides=["variant=hallnll"])
     result = fit(cfg, out_dir="runs/digits")       # Alg. 1
     print(result.summary["best_acc"])
+    issues = find_label_issues(images_uint8, labels)  # a DataFrame, one row per image
 
 One module per step of the paper: ``noise`` (§4.1), ``selection`` (§3.1 Eq. 1
 and §3.3), ``hallucination`` (§3.2 Eq. 2), ``ssl`` (§3.4 Eq. 3), ``run``
@@ -34,5 +35,13 @@ def fit(cfg, out_dir=None, **kwargs):
     return _fit(cfg, out_dir, **kwargs)
 
 
+def find_label_issues(images, labels, **kwargs):
+    """A label-issue DataFrame for uint8 images and integer labels; see
+    :func:`hallnll.label_issues.find_label_issues`."""
+    from .label_issues import find_label_issues as _f
+
+    return _f(images, labels, **kwargs)
+
+
 __all__ = ["Config", "ConfigError", "load_config", "ImageData", "DataError", "load_dataset",
-           "make_noisy_labels", "fit", "__version__"]
+           "make_noisy_labels", "fit", "find_label_issues", "__version__"]

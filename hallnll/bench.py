@@ -881,7 +881,10 @@ def main(args) -> int:
     if synthetic and dev.type == "cpu" and opts["n_train"] is None:
         _log("bench: on the CPU the synthetic set is 4096 train / 1024 test images; "
              "--set bench.n_train=50000 --set bench.n_test=10000 for CIFAR's size")
-    report = run_bench(cfg, epochs, opts, synthetic=synthetic)
+    from .train import cpu_threads
+
+    with cpu_threads(cfg.threads):  # every command runs under cfg.threads
+        report = run_bench(cfg, epochs, opts, synthetic=synthetic)
     print(_header(report))
     print(format_table(report))
     _write_json(json_path, report)

@@ -2,6 +2,7 @@
 
     hallnll quickstart [--out DIR] [--figures DIR]   # the embedded default: digits, 40% C-based noise, 4 variants
     hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N]
+    hallnll fit-folder TRAIN.csv [--test TEST.csv] --out DIR [--set k=v ...]   # label_issues.csv
     hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
     hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list]
     hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N] [--levers [NAMES]]
@@ -24,8 +25,9 @@ QUICKSTART_PARAMS = "digits-quick"  # the shipped params/digits-quick.yaml
 def _input_errors():
     from .data import DataError
     from .noise import NoiseError
+    from .train import CheckpointError
 
-    return ConfigError, DataError, NoiseError
+    return ConfigError, DataError, NoiseError, CheckpointError
 
 
 def _table(rows, headers) -> str:
@@ -63,19 +65,91 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 units (where ``cpu_bf16`` was measured faster)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def folder_config(train_csv, test_csv=None, params=None, overrides=()):
+    """The config of ``hallnll fit-folder``: ``params`` (default: the shipped
+    ``folder`` profile where the device is a GPU, ``folder-cpu`` on a CPU) with
+    the CSVs, the name of the CSV's folder, an image size no larger than the
+    images' own (median side of the first 256, a multiple of 4), a batch size
+    that gives each run at least 10 steps per epoch (halved down to 16) and,
+    on a CPU with AMX units, bf16 autocast (``cpu_bf16``), unless they are set."""
+    import statistics
+
+    from .data.sources import _read_path_label_csv
+    from .engine import resolve_device
+
+    sets = [f"folder_train_csv={train_csv}"] + ([f"folder_test_csv={test_csv}"] if test_csv else []) + list(overrides)
+    given = {s.split("=", 1)[0].strip() for s in overrides}
+    if params is None:
+        params = "folder" if resolve_device(load_config("folder", sets).device).type == "cuda" else "folder-cpu"
+    cfg = load_config(params, sets)
+    changes = {}
+    if "name" not in given:
+        changes["name"] = Path(train_csv).resolve().parent.name or "folder"
+    if "cpu_bf16" not in given and resolve_device(cfg.device).type == "cpu" and cpu_has_amx():
+        changes["cpu_bf16"] = True  # bf16 autocast on AMX units: 2.3x (config.py, cpu_bf16)
+    rows = _read_path_label_csv(Path(train_csv))
+    if "batch_size" not in given:
+        # a small set still gets at least 10 optimiser steps per epoch in each run
+        per_run = len(rows) * (cfg.label_folds - 1) // cfg.label_folds if cfg.label_folds else len(rows)
+        bs = cfg.batch_size
+        while bs > 16 and per_run < 10 * bs:
+            bs //= 2
+        if bs != cfg.batch_size:
+            changes["batch_size"] = bs
+    if "image_size" not in given:
+        from PIL import Image
+
+        sides = []
+        for path, _, _ in rows[:256]:
+            try:
+                with Image.open(Path(train_csv).parent / path) as im:
+                    sides.append(min(im.size))
+            except (OSError, ValueError):
+                pass  # load_folder names the unreadable file
+        native = int(statistics.median(sides)) // 4 * 4 if sides else cfg.image_size
+        if 4 <= native < cfg.image_size:
+            changes["image_size"] = native
+            if "crop_padding" not in given:
+                changes["crop_padding"] = max(1, native // 8)
+    return cfg.replace(**changes) if changes else cfg
+
+
+def cmd_fit_folder(args) -> int:
+    """The label-issue report of one's own folder (hallnll.label_issues)."""
+    from . import label_issues
+
+    cfg = folder_config(args.train_csv, args.test, args.params, args.set)
+    if args.no_progress:
+        cfg = cfg.replace(progress=False)
+    from .engine import resolve_device
+
+    print(f"hallnll fit-folder: {cfg.folder_train_csv}{' + ' + cfg.folder_test_csv if cfg.folder_test_csv else ''} "
+          f"on {resolve_device(cfg.device)} ({cfg.threads or 'all'} CPU thread(s)): {cfg.arch} at {cfg.image_size} px, "
+          f"{cfg.epochs} epochs, {cfg.label_folds} folds -> {args.out}")
+    cols, s = label_issues.report(cfg, args.out, resume=not args.no_resume)
+    n = s["n_train"]
+    print(f"\n{s['n_label_issues']} of {n} training labels look wrong ({100 * s['label_issue_share']:.1f}%)"
+          + (f"; test accuracy {100 * s['test_acc']:.2f}% ({s['n_label_issues_test']} test labels flagged)"
+             if s["test_acc"] is not None else "; no test CSV, so no test accuracy"))
+    print(f"{s['wall_seconds']:.0f} s. wrote {Path(args.out) / 'label_issues.csv'} (one row per image; "
+          f"sort by label_quality, lowest first, to review), summary.json and the run folders under it")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     """The main job on the embedded default: every variant on digits with 40% C-based noise."""
-    import torch
-
-    from .engine import resolve_device
     from .figures import plot_correction, plot_training
     from .train import fit, prepare
 
-    base = load_config(QUICKSTART_PARAMS, args.set)
-    if resolve_device(base.device).type == "cpu":
-        # a CNN on 8x8 images is too small to split across threads: one thread
-        # was several times faster than two on the 2-core machines we measured
-        torch.set_num_threads(1)
+    base = load_config(QUICKSTART_PARAMS, args.set)  # its CPU threads: cfg.threads, as every command
     out = Path(args.out)
     data, noisy, rep = prepare(base, progress=not args.no_progress)
     print(f"digits: {len(noisy)} training / {len(data.y_test)} test images, {base.noise} noise, "
@@ -103,13 +177,15 @@ def cmd_noise(args) -> int:
     """Make the noisy training labels of ``cfg.noise``, print their report, write the CSV."""
     from .data import load_dataset
     from .noise import NoiseError, make_noisy_labels, save_label_csv
+    from .train import cpu_threads
 
     cfg = load_config(args.params, args.overrides)
     out = Path(args.out).expanduser()
     if out.is_dir():
         raise NoiseError(f"--out {str(out)!r} is a folder; give a file name such as labels.csv")
-    data = load_dataset(cfg)
-    noisy, rep = make_noisy_labels(cfg, data, progress=cfg.progress and not args.no_progress)
+    with cpu_threads(cfg.threads):  # the labels depend on the thread count: the same setting as train's
+        data = load_dataset(cfg)
+        noisy, rep = make_noisy_labels(cfg, data, progress=cfg.progress and not args.no_progress)
     print(rep.summary())
     save_label_csv(out, data.y_train, noisy)
     print(f"wrote {out} ({len(noisy)} labels)")
@@ -155,6 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=int, default=1, help="run seeds seed..seed+N-1 into OUT/seedK")
     t.add_argument("--parallel", type=int, default=1, help="run this many seeds at once (one GPU)")
     t.set_defaults(fn=cmd_train)
+
+    f = sub.add_parser("fit-folder", help="label issues of one's own images: path,label CSV(s) -> label_issues.csv",
+                       description="Train the method on one's own images (out of sample, label_folds runs) and write "
+                                   "label_issues.csv: per image its given and suggested label, is_label_issue and "
+                                   "label_quality. Defaults: params/folder.yaml on a GPU, params/folder-cpu.yaml on a CPU.")
+    f.add_argument("train_csv", help="CSV with columns path,label (paths relative to the CSV)")
+    f.add_argument("--test", default=None, metavar="TEST.csv", help="a clean test CSV (same classes): test accuracy")
+    f.add_argument("--out", required=True, help="run folder (resumes from it)")
+    f.add_argument("--params", default=None, help="params instead of the folder / folder-cpu profile")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--no-resume", action="store_true")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(fn=cmd_fit_folder)
 
     n = sub.add_parser("noise", help="write a noisy-label CSV and print its report",
                        description="Make the noisy training labels of a run (cfg.noise), print their noise "

@@ -27,9 +27,17 @@ import yaml
 from .resources import names, params_path
 
 VARIANTS = ("ce", "gmm", "easy", "hallnll")
-DATASETS = ("digits", "cifar10", "cifar100", "folder")
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "arrays")  # arrays: images in memory (find_label_issues)
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "ptd", "classification", "cifar-n", "file")
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34", "resnet50")
+
+
+#: Settings that cannot change a run's results: a checkpoint made with other
+#: values of these is resumed (``epochs`` may grow: the schedule does not depend
+#: on it), any other difference is refused (:func:`hallnll.train.check_resumable`).
+RESULT_FREE = ("name", "progress", "checkpoint_every", "epochs", "download", "data_root")
+#: Noise kinds generated from the clean labels: only these have a target rate (``noise_rate``).
+GENERATED_NOISE = ("symmetric", "asymmetric", "ptd", "classification")
 
 
 class ConfigError(ValueError):
@@ -47,10 +55,31 @@ class Config:
     dataset: str = "digits"  # digits | cifar10 | cifar100 | folder
     data_root: str = ".data"  # where cifar-10-batches-py/ lives or is downloaded to (relative: to the working folder)
     download: bool = True  # torchvision download when the folder is missing (needs network)
-    folder_train_csv: str = ""  # dataset=folder: CSV with columns path,label
-    folder_test_csv: str = ""  # dataset=folder: optional test CSV (else a split of the train CSV)
-    folder_test_fraction: float = 0.2
+    # dataset=folder: a CSV with columns path,label (paths relative to the CSV,
+    # labels 0..C-1 or class names) and an optional clean test CSV. Without a
+    # test CSV there is no test set and no test accuracy: every image is trained
+    # on and gets a row in the label-issue report (a held-out split of the same
+    # noisy labels would score the model against noise and leave its images
+    # unreported).
+    folder_train_csv: str = ""
+    folder_test_csv: str = ""
     image_size: int = 32  # dataset=folder: images are resized to image_size x image_size
+    # The label-issue report (hallnll.label_issues): its probabilities come from
+    # label_folds runs of the method, each on the other folds of the training
+    # images, so no image's suggestion comes from a model that trained on its
+    # given label; 0 uses the final model of one run on all images (which has
+    # trained on the given labels of its easy samples). 2 costs one run on all
+    # images (two on half); the two are compared in the README ("Your own noisy
+    # dataset", benchmarks/label_issues.py --ablation).
+    label_folds: int = 2
+    # The report suggests another label for an issue only where the out-of-sample
+    # probability of that class is at least this; elsewhere it keeps the given
+    # label. 0.9 because on the development data (benchmarks/label_issues_dev.py:
+    # C-based 30% labels of CIFAR-10 images 40000-43999, the CPU profile's model)
+    # every lower bar (0, 0.5, 0.7, 0.8) made the suggested labels less accurate
+    # than the given ones (70.03% right) with the method's and with
+    # cross-entropy models; at 0.9: 69.97% and 70.45%.
+    suggest_confidence: float = 0.9
     # Train / test on the first N images only (0: all). The noisy labels are
     # made (or read) for the whole training set first and then cut the same
     # way, so a subset keeps the published labels of its own images. For
@@ -158,7 +187,10 @@ class Config:
     gmm_max_iter: int = 10  # DivideMix's GaussianMixture(max_iter=10, tol=1e-2, reg_covar=5e-4)
 
     # ---- augmentation -----------------------------------------------------------
-    crop_padding: int = 4  # random crop with this zero padding (4 for CIFAR)
+    # random crop with this zero padding (4 for CIFAR); -1: an eighth of the
+    # image side (1 for 8x8 digits, 4 at 32 px, CIFAR's ratio), resolved when
+    # the Config is made, so config.yaml holds the number used
+    crop_padding: int = 4
     hflip: bool = True  # random horizontal flip (off for digits: a mirrored 3 is not a 3)
 
     # ---- engine ---------------------------------------------------------------------
@@ -190,6 +222,18 @@ class Config:
     diagnostics: bool = True
     checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end)
     progress: bool = True  # tqdm progress bars
+    # torch's CPU threads for every command (noise generation, training,
+    # evaluation), set for the duration of the call and restored after; 0 leaves
+    # torch's setting alone (by default every core). 1 because on the 2-core
+    # development CPU one thread was faster than two for every model this
+    # project runs on a CPU (measured in the README, "Threads"), and because the
+    # regenerated noise depends on the thread count (float reduction order):
+    # one setting everywhere gives the same labels in train and quickstart.
+    threads: int = 1
+
+    def __post_init__(self):
+        if self.crop_padding == -1:  # see crop_padding
+            self.crop_padding = max(1, image_side(self) // 8)
 
     # ---- speed levers (each measured by `hallnll bench --levers`, benchmarks/README.md) ----
     # The loss GMM of §3.1: "torch" fits it on the device of the losses with
@@ -255,12 +299,16 @@ class Config:
         for key in ("epochs", "batch_size", "k", "eval_batch_size"):
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
+        if self.crop_padding < 0:
+            bad("crop_padding", "must be -1 (an eighth of the image side) or a padding in pixels >= 0")
+        if self.image_size < 4:
+            bad("image_size", "must be at least 4 (pixels)")
         for key in ("train_subset", "test_subset", "width", "bn_recal_images"):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative (0 means: all / the default)")
         if self.width and self.arch == "resnet50":
             bad("width", "has no effect on arch=resnet50 (torchvision's ResNet-50); leave it at 0")
-        for key in ("warmup_epochs", "crop_padding", "hal_hidden", "hal_batch_size", "hal_iters",
+        for key in ("warmup_epochs", "threads", "hal_hidden", "hal_batch_size", "hal_iters",
                     "rampup_epochs", "gmm_max_iter", "cbased_epochs", "checkpoint_every"):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative")
@@ -304,6 +352,10 @@ class Config:
                 bad("cifar_n", "use random1|random2|random3|aggregate|worst (CIFAR-10N) or noisy (CIFAR-100N)")
             if not self.cifar_n_file:
                 bad("cifar_n_file", "is empty: point it at CIFAR-10_human.pt/.npz or CIFAR-100_human.pt/.npz")
+        if not 0.0 <= self.suggest_confidence <= 1.0:
+            bad("suggest_confidence", "must lie in [0, 1] (0.9: change a label only at 90% confidence)")
+        if self.label_folds == 1 or self.label_folds < 0:
+            bad("label_folds", "must be 0 (one run, in-sample) or at least 2 (k-fold, out-of-sample)")
         if self.dataset == "folder" and not self.folder_train_csv:
             bad("folder_train_csv", "is empty: dataset=folder needs a CSV with columns path,label")
         if self.gmm_backend not in ("torch", "sklearn"):
@@ -314,8 +366,6 @@ class Config:
             bad("compile_mode", "use default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs")
         if not self.compile_backend:
             bad("compile_backend", "is empty: use inductor (the default) or aot_eager / eager for checks")
-        if not 0.0 < self.folder_test_fraction < 1.0:
-            bad("folder_test_fraction", "must lie in (0, 1)")
         return self
 
     # ------------------------------------------------------------------------
@@ -366,6 +416,11 @@ def from_dict(d: dict) -> Config:
             raise ConfigError(f"config: unknown key {key!r}{hint}")
         kwargs[key] = _coerce(key, value, types[key])
     return Config(**kwargs).validate()
+
+
+def image_side(cfg: Config) -> int:
+    """The side in pixels of the images ``cfg`` trains on (8 digits, 32 CIFAR, image_size a folder)."""
+    return {"digits": 8, "cifar10": 32, "cifar100": 32}.get(cfg.dataset, cfg.image_size)
 
 
 def parse_overrides(overrides) -> dict:

@@ -15,12 +15,13 @@ at its default); a folder with other settings is run again (``fit`` resumes
 from its checkpoint when the noisy labels agree).
 
 ``parallel > 1`` runs that many jobs at once in worker processes (on one GPU
-they share it), each with its share of the CPUs this process may use
-(:func:`worker_threads`): torch's intra-op threads, one inter-op thread, and
-``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` for the
-libraries a worker loads (and a notebook's kernel), so N workers never ask for
-more threads than there are CPUs. A failed job is reported in its result; the
-others go on.
+they share it). Each worker starts with its share of the CPUs this process may
+use (:func:`worker_threads`): ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` /
+``OPENBLAS_NUM_THREADS`` for the libraries it loads (and a notebook's kernel),
+one inter-op thread and that many torch threads, which a run keeps with
+``threads = 0``; otherwise each run uses its config's ``threads`` (1 by
+default, as every command), so N workers never ask for more threads than there
+are CPUs. A failed job is reported in its result; the others go on.
 """
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
 """What a run leaves behind, and the selection metrics.
 
 - ``metrics.jsonl``: one JSON object per epoch (see :func:`selection_metrics`).
-- ``summary.json``: best and last test accuracy, epochs, wall seconds.
-- ``labels.csv``: the label-issue report, one row per training sample:
-  ``index, given_label, corrected_label, easiness, selected_as_clean, subset,
-  predicted_label`` and ``true_label`` when the clean labels are known.
+- ``summary.json``: best and last test accuracy, epochs, wall seconds (the
+  whole run, and this session's apart after a resume), the noise's target rate
+  only for generated noise.
+- ``labels.csv``: the method's selection after the last epoch, one row per
+  training sample of the run: (``path`` for a folder,) ``index, given_label,
+  corrected_label, easiness, selected_as_clean, subset, predicted_label`` and
+  ``true_label`` when the clean labels are known. (The label-issue report,
+  out of sample and with class names, is :mod:`hallnll.label_issues`.)
 
 (The plots of these files are in :mod:`hallnll.figures`.)
 
@@ -59,8 +63,12 @@ def summarize(history: list, wall_seconds: float, cfg=None) -> dict:
         "seconds_per_ssl_epoch": sum(ssl) / len(ssl) if ssl else None,
     }
     if cfg is not None:
-        out.update(name=cfg.name, variant=cfg.variant, dataset=cfg.dataset, noise=cfg.noise,
-                   noise_rate=cfg.noise_rate, seed=cfg.seed, arch=cfg.arch, epochs_planned=cfg.epochs)
+        from .config import GENERATED_NOISE
+
+        out.update(name=cfg.name, variant=cfg.variant, dataset=cfg.dataset, noise=cfg.noise, seed=cfg.seed,
+                   arch=cfg.arch, epochs_planned=cfg.epochs)
+        if cfg.noise in GENERATED_NOISE:  # a target rate exists only for generated noise
+            out["noise_rate"] = cfg.noise_rate
     return out
 
 
@@ -108,18 +116,20 @@ def selection_metrics(true: torch.Tensor | None, given: torch.Tensor, labeled_ma
     return m
 
 
-def write_labels_csv(path, given, corrected, easiness, subset_codes, predicted, true=None) -> None:
-    """The label-issue report (one row per training sample)."""
+def write_labels_csv(path, given, corrected, easiness, subset_codes, predicted, true=None, paths=None) -> None:
+    """The method's selection after the last epoch (one row per training sample of
+    this run, labels as class indices; ``path`` first for a folder). The label-issue
+    report of a dataset is ``label_issues.csv`` (:mod:`hallnll.label_issues`)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ["index", "given_label", "corrected_label", "easiness", "selected_as_clean", "subset", "predicted_label"]
     if true is not None:
         header.append("true_label")
-    w.writerow(header)
+    w.writerow((["path"] if paths else []) + header)
     cols = [t.tolist() for t in (given, corrected, easiness, subset_codes, predicted)]
     tl = true.tolist() if true is not None else None
     for i, (g, c, e, s, p) in enumerate(zip(*cols)):
-        row = [i, g, c, f"{e:.4f}", int(s < 2), SUBSETS[s], p]
+        row = ([paths[i]] if paths else []) + [i, g, c, f"{e:.4f}", int(s < 2), SUBSETS[s], p]
         if tl is not None:
             row.append(tl[i])
         w.writerow(row)

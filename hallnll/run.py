@@ -395,13 +395,14 @@ class Run:
                 row.update(self.selection_diagnostics(ez, sel, hal))
             self.last = sel.state()
             self.last_anchors = anchor_set(hal, sel) if hal is not None else None
-        if cfg.diagnostics and cfg.bn_recal_images:
+        has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
+        if cfg.diagnostics and cfg.bn_recal_images and has_test:
             with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
                 row["test_acc_running_bn"] = float(engine.accuracy(self.model, self.test_x, self.y_test,
                                                                    cfg.eval_batch_size, self.bf16))
         self.recalibrate_bn()
-        row["test_acc"] = float(self.evaluate())
-        if cfg.diagnostics:
+        row["test_acc"] = float(self.evaluate()) if has_test else None
+        if cfg.diagnostics and has_test:
             row.update(self.bn_diagnostics())
         row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
         self.history.append(row)

@@ -3,10 +3,15 @@
 :func:`fit` loads the data and the noisy labels (:func:`prepare`), builds a
 :class:`hallnll.run.Run` (the state of the run, its epoch as the steps of
 Alg. 1) and calls :meth:`Run.epoch` until ``cfg.epochs``; with ``out_dir`` it
-writes ``config.yaml``, ``noise_report.txt``, ``noisy_labels.csv``,
-``metrics.jsonl``, ``summary.json``, ``labels.csv`` and ``checkpoint.pt``
-(every ``checkpoint_every`` epochs and at the end), from which an
-interrupted run resumes exactly.
+writes ``config.yaml``, ``noise_report.txt``, ``noisy_labels.csv`` (where the
+clean labels are known), ``metrics.jsonl``, ``summary.json``, ``labels.csv``
+and ``checkpoint.pt`` (every ``checkpoint_every`` epochs and at the end), from
+which an interrupted run resumes exactly. Before anything is prepared or
+written, a checkpoint in ``out_dir`` is read and checked
+(:func:`read_checkpoint`, :func:`check_resumable`): a damaged file, or one
+made with settings that change results or with other labels, raises one
+:class:`CheckpointError`. Everything runs with ``cfg.threads`` CPU threads
+(:func:`cpu_threads`).
 
 The variants of Table 5 (``cfg.variant``): ``ce`` cross-entropy on the noisy
 labels throughout; ``gmm`` labeled = omega > gmm_threshold (DivideMix without
@@ -15,6 +20,7 @@ co-training, row 1); ``easy`` the class-balanced easy subset of Eq. 1 (row 2);
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,12 +30,12 @@ from typing import Optional
 import torch
 
 from . import engine, reporting
-from .config import Config
+from .config import RESULT_FREE, Config
 from .data import ImageData, load_dataset
 from .noise import make_noisy_labels, report, save_label_csv
 from .run import Run, TrainingError
 
-__all__ = ["RunResult", "TrainingError", "prepare", "fit"]
+__all__ = ["RunResult", "TrainingError", "CheckpointError", "prepare", "fit", "cpu_threads"]
 
 
 @dataclass
@@ -43,13 +49,34 @@ class RunResult:
     run: Optional[Run] = None  # the run in its final state: its steps work on the trained model
 
 
+class CheckpointError(ValueError):
+    """``checkpoint.pt`` cannot be resumed (unreadable, or made with other settings or labels)."""
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """torch's intra-op CPU threads set to ``n`` inside the block and restored after
+    (``n = 0``: left alone). Every command runs under ``cfg.threads``."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def prepare(cfg: Config, data: ImageData | None = None, noisy: torch.Tensor | None = None, progress=None):
-    """Load the data and the noisy labels named by ``cfg`` (or take and check the given ones)."""
-    if data is None:
-        data = load_dataset(cfg)
-    if noisy is None:
-        noisy, rep = make_noisy_labels(cfg, data, progress=cfg.progress if progress is None else progress)
-    else:
+    """Load the data and the noisy labels named by ``cfg`` (or take and check the given ones),
+    with ``cfg.threads`` CPU threads (regenerated noise depends on the thread count)."""
+    given = noisy is not None
+    with cpu_threads(cfg.threads):
+        if data is None:
+            data = load_dataset(cfg)
+        if not given:
+            noisy, rep = make_noisy_labels(cfg, data, progress=cfg.progress if progress is None else progress)
+    if given:
         noisy = torch.as_tensor(noisy, dtype=torch.int64).cpu()
         if cfg.train_subset and len(noisy) == min(cfg.train_subset, len(data.y_train)) < len(data.y_train):
             data = data.head(cfg.train_subset, cfg.test_subset)  # labels given for the subset only
@@ -69,6 +96,47 @@ def prepare(cfg: Config, data: ImageData | None = None, noisy: torch.Tensor | No
     return data, noisy, rep
 
 
+def labels_text(cfg: Config, data: ImageData, noise_report) -> str:
+    """``noise_report.txt``: the noise report where the clean labels are known; for a
+    user's own labels what they are, since their noise rate cannot be measured."""
+    if data.train_labels_known:
+        return str(noise_report) + "\n"
+    counts = torch.bincount(data.y_train, minlength=data.num_classes).tolist()
+    per_class = ", ".join(f"{c}: {n}" for c, n in zip(data.classes, counts))
+    return (f"labels: as given in {cfg.folder_train_csv or data.name} ({data.name}: {len(data.y_train)} images, "
+            f"{data.num_classes} classes); "
+            f"no clean labels, so their noise rate is unknown\n  images per given class: {per_class}\n")
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """The state saved in ``path``, or one :class:`CheckpointError` naming it and the way out."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        if not isinstance(state, dict) or not {"model", "epoch", "noisy", "config"} <= set(state):
+            raise ValueError("not a hallnll checkpoint")
+    except Exception as e:  # truncated, not a torch file, another program's file
+        raise CheckpointError(f"cannot resume from {str(path)!r}: it is damaged or not a hallnll checkpoint "
+                              f"({type(e).__name__}: {str(e)[:200]}); delete it or run again with --no-resume "
+                              f"(resume=False) to start this run over") from None
+    return state
+
+
+def check_resumable(cfg: Config, state: dict, path) -> None:
+    """Refuse a checkpoint made with settings that change results (all but
+    :data:`hallnll.config.RESULT_FREE`), or one already past ``cfg.epochs``."""
+    saved = Config().to_dict() | dict(state["config"])
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in RESULT_FREE and saved.get(k) != now[k]]
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff[:8])
+        raise CheckpointError(f"{str(path)!r} was made with other settings ({changes}{', ...' if len(diff) > 8 else ''}); "
+                              f"resuming would mix two runs. Use the same settings, another --out, or --no-resume "
+                              f"(resume=False) to start over in this folder")
+    if state["epoch"] > cfg.epochs:
+        raise CheckpointError(f"{str(path)!r} has already run {state['epoch']} epochs, more than epochs={cfg.epochs}; "
+                              f"set epochs >= {state['epoch']}, another --out, or --no-resume")
+
+
 def _checkpoint_due(cfg: Config, epochs_done: int) -> bool:
     return bool(cfg.checkpoint_every and epochs_done % cfg.checkpoint_every == 0) or epochs_done == cfg.epochs
 
@@ -77,25 +145,42 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
         resume: bool = True, progress: bool | None = None) -> RunResult:
     """Train ``cfg.variant`` on ``cfg``'s data and noisy labels (Alg. 1). See the module docstring."""
     cfg.validate()
-    progress = cfg.progress if progress is None else progress
+    with cpu_threads(cfg.threads):
+        return _fit(cfg, out_dir, data, noisy, resume, cfg.progress if progress is None else progress)
+
+
+def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> RunResult:
     t_start = time.perf_counter()
     dev = engine.resolve_device(cfg.device)
-    data, noisy, noise_report = prepare(cfg, data, noisy, progress)
     out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / "checkpoint.pt" if out is not None else None
+    state = None
+    if resume and ckpt is not None and ckpt.is_file():
+        # checked before the noise is rebuilt (minutes for classification-based noise)
+        state = read_checkpoint(ckpt, dev)
+        check_resumable(cfg, state, ckpt)
+    data, noisy, noise_report = prepare(cfg, data, noisy, progress)
+    run = Run(cfg, data, noisy, dev)
+    wall_before = 0.0
+    if state is not None:
+        if not torch.equal(state["noisy"].cpu(), noisy):
+            raise CheckpointError(f"{str(ckpt)!r} was made with other labels (the data or its CSV changed); "
+                                  f"use another --out, or --no-resume (resume=False) to start over")
+        run.load_state_dict(state, str(ckpt))
+        wall_before = float(state.get("wall_seconds", 0.0))
+    resumed_from = run.epochs_done
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    run = Run(cfg, data, noisy, dev)
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if resume and ckpt is not None and ckpt.is_file():
-        run.load(ckpt)
-    if out is not None:
         cfg.save(out / "config.yaml")
-        (out / "noise_report.txt").write_text(str(noise_report) + "\n")
+        (out / "noise_report.txt").write_text(labels_text(cfg, data, noise_report))
         if data.train_labels_known:
             # the exact labels trained on: regenerated noise depends on float
             # reduction order (threads, GPU kernels), so keep what was used;
             # --set noise=file --set noise_file=.../noisy_labels.csv reuses it
             save_label_csv(out / "noisy_labels.csv", data.y_train, noisy)
+
+    def wall() -> float:  # the whole run: earlier sessions (to their last checkpoint) and this one
+        return wall_before + time.perf_counter() - t_start
 
     bar = None
     if progress:
@@ -110,21 +195,26 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
                 raise
             raise TrainingError(f"{e} The last good checkpoint is {ckpt}.") from None
         if ckpt is not None and _checkpoint_due(cfg, run.epochs_done):
-            run.save(ckpt)
+            reporting.atomic_torch_save({**run.state_dict(), "wall_seconds": wall()}, ckpt)
             reporting.write_metrics(out / "metrics.jsonl", run.history)
         if bar is not None:
-            bar.set_postfix(acc=f"{row['test_acc']:.4f}", loss=f"{row['train_loss']:.3f}", phase=row["phase"])
+            acc = "-" if row["test_acc"] is None else f"{row['test_acc']:.4f}"
+            bar.set_postfix(acc=acc, loss=f"{row['train_loss']:.3f}", phase=row["phase"])
             bar.update(1)
     if bar is not None:
         bar.close()
 
     labels = run.label_report()
-    summary = reporting.summarize(run.history, time.perf_counter() - t_start, cfg)
-    summary["noise_rate_actual"] = noise_report.actual_rate
-    summary["torch_threads"] = torch.get_num_threads()  # the CPU share this run had (jobs.worker_threads)
+    session = time.perf_counter() - t_start
+    summary = reporting.summarize(run.history, wall_before + session, cfg)
+    summary.update(wall_seconds_this_session=session, resumed_from_epoch=resumed_from,
+                   device=str(dev), torch_threads=torch.get_num_threads(), n_train=len(noisy), n_test=len(data.y_test))
+    if data.train_labels_known:
+        summary["noise_rate_actual"] = noise_report.actual_rate
     if out is not None:
         reporting.write_metrics(out / "metrics.jsonl", run.history)
         reporting.write_labels_csv(out / "labels.csv", labels["given"], labels["corrected"], labels["easiness"],
-                                   labels["subset"], labels["predicted"], data.y_train if data.train_labels_known else None)
+                                   labels["subset"], labels["predicted"], data.y_train if data.train_labels_known else None,
+                                   data.train_paths)
         reporting.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(summary, run.history, out, run.model, labels, run.last_anchors, run)

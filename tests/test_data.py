@@ -70,22 +70,19 @@ def _write_csv(path, rows):
         wr.writerows(rows)
 
 
-def test_load_folder_named_classes_resize_and_split(tmp_path):
+def test_load_folder_named_classes_and_resize(tmp_path):
     spec = [(f"img/cat_{i}.png", "cat", (10, 14), (200, 10, 10)) for i in range(6)]
     spec += [(f"img/dog_{i}.png", "dog", (20, 9), (10, 200, 10)) for i in range(4)]
     _write_csv(tmp_path / "train.csv", _write_pngs(tmp_path, spec))
-    d = load_folder(tmp_path / "train.csv", image_size=16, test_fraction=0.2, seed=0)
+    d = load_folder(tmp_path / "train.csv", image_size=16)
     assert d.classes == ["cat", "dog"] and d.num_classes == 2 and not d.train_labels_known
-    assert tuple(d.x_train.shape) == (8, 3, 16, 16) and tuple(d.x_test.shape) == (2, 3, 16, 16)
+    # no test CSV: every image is a training image (no hidden split), none is a test image
+    assert tuple(d.x_train.shape) == (10, 3, 16, 16) and tuple(d.x_test.shape) == (0, 3, 16, 16)
     assert d.x_train.dtype == torch.uint8 and d.y_train.dtype == torch.int64
-    assert sorted(d.y_train.tolist() + d.y_test.tolist()) == [0] * 6 + [1] * 4
+    assert d.y_train.tolist() == [0] * 6 + [1] * 4 and d.train_paths == [r for r, *_ in spec]
     # the pixels are the images' colours (red cats, green dogs), i.e. labels line up with images
-    both_x, both_y = torch.cat([d.x_train, d.x_test]), torch.cat([d.y_train, d.y_test])
-    red = both_x[:, 0].float().mean((1, 2)) > 100
-    assert torch.equal(red, both_y == 0)
-    # the same seed gives the same split
-    d2 = load_folder(tmp_path / "train.csv", image_size=16, test_fraction=0.2, seed=0)
-    assert torch.equal(d2.y_test, d.y_test) and torch.equal(d2.x_test, d.x_test)
+    red = d.x_train[:, 0].float().mean((1, 2)) > 100
+    assert torch.equal(red, d.y_train == 0)
 
 
 def test_load_folder_integer_labels_and_test_csv(tmp_path):

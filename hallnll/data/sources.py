@@ -11,7 +11,9 @@ piece (no per-image Python on the training path).
   check (so the offline JPEG copy works), or downloaded through torchvision
   when the folder is missing and ``download`` is true. Official order.
 - ``folder``: the user's own data, a CSV with columns ``path,label``
-  (paths relative to the CSV), resized to ``image_size``.
+  (paths relative to the CSV; labels integers 0..C-1 or class names,
+  checked by :func:`folder_classes`) and an optional clean test CSV,
+  resized to ``image_size``.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class ImageData:
     mean: tuple = ()  # per-channel, in [0, 1]
     std: tuple = ()
     train_labels_known: bool = True  # False for a user's folder: y_train is the given label
+    train_paths: list = field(default_factory=list)  # a folder's images as written in its CSV (else empty)
+    test_paths: list = field(default_factory=list)
 
     def head(self, n_train: int = 0, n_test: int = 0) -> "ImageData":
         """The first ``n_train`` training and ``n_test`` test images (0: all), with
@@ -51,7 +55,8 @@ class ImageData:
         te = slice(None, n_test or None)
         return ImageData(self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
                          classes=list(self.classes), mean=self.mean, std=self.std,
-                         train_labels_known=self.train_labels_known)
+                         train_labels_known=self.train_labels_known, train_paths=self.train_paths[tr],
+                         test_paths=self.test_paths[te])
 
     @property
     def num_classes(self) -> int:
@@ -139,58 +144,149 @@ def load_cifar(name: str = "cifar10", root=".data", download: bool = True) -> Im
     return ImageData(name, xtr, ytr, xte, yte, classes=classes)
 
 
-def _read_path_label_csv(csv_path: Path):
+def _read_path_label_csv(csv_path: Path) -> list:
+    """Rows ``(path as written, label trimmed, 1-based line number)`` of a ``path,label`` CSV."""
     if not csv_path.is_file():
         raise DataError(f"folder: labels CSV {str(csv_path)!r} not found; give a CSV with columns path,label")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise DataError(f"folder: {str(csv_path)!r} needs a header with columns path,label")
-    return [(csv_path.parent / r["path"], r["label"]) for r in rows]
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if not {"path", "label"} <= set(header):
+            raise DataError(f"folder: {str(csv_path)!r} needs a header line with columns path,label "
+                            f"(found {', '.join(map(repr, header)) or 'an empty file'})")
+        reader.fieldnames = header
+        rows = []
+        for r in reader:
+            path, label = (r.get("path") or "").strip(), (r.get("label") or "").strip()
+            if not path and not label:
+                continue  # a blank line
+            if not path or not label:
+                raise DataError(f"folder: {str(csv_path)!r} line {reader.line_num}: empty "
+                                f"{'path' if not path else 'label'}; every row needs a path and a label")
+            rows.append((path, label, reader.line_num))
+    if not rows:
+        raise DataError(f"folder: {str(csv_path)!r} has a header but no rows; list one image per line as path,label")
+    return rows
+
+
+def _is_int(s: str) -> bool:
+    return s.lstrip("+-").isdigit()
+
+
+def _listing(counts: dict, limit: int = 30) -> str:
+    items = [f"{name!r} ({n})" for name, n in counts.items()]
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def folder_classes(labels, source: str) -> list:
+    """The class names of a folder's training labels (already trimmed), or one
+    :class:`DataError` that lists the classes found.
+
+    - every label an integer: they must be exactly 0..C-1 (no gaps, no
+      negatives, one spelling each: ``1`` and ``01`` are refused), class i is ``str(i)``;
+    - otherwise the labels are class names, sorted; two names that differ only
+      in case or inner whitespace (``cat``, ``Cat``, ``big  cat``) are refused,
+      as they are almost always one class written two ways.
+    """
+    counts: dict = {}
+    for lab in labels:
+        counts[lab] = counts.get(lab, 0) + 1
+    found = f"classes found in {source} (rows): {_listing(dict(sorted(counts.items())))}"
+    if all(_is_int(c) for c in counts):
+        by_value: dict = {}
+        for c in counts:
+            by_value.setdefault(int(c), []).append(c)
+        spellings = [v for v in by_value.values() if len(v) > 1]
+        if spellings:
+            raise DataError(f"folder: labels {' and '.join(map(repr, sorted(spellings[0])))} are one integer written "
+                            f"two ways; write each class one way. {found}")
+        values = sorted(by_value)
+        missing = sorted(set(range(values[-1] + 1)) - set(values))
+        if values[0] < 0 or missing:
+            what = (f"label {values[0]} is negative" if values[0] < 0 else
+                    f"integer labels must be 0..C-1 without gaps, but {_listing({m: 0 for m in missing[:10]}).replace(' (0)', '')}"
+                    f"{' ...' if len(missing) > 10 else ''} never occur(s)")
+            raise DataError(f"folder: {what}; renumber the classes 0..{len(values) - 1} or use class names. {found}")
+        return [str(v) for v in values]
+    variants: dict = {}
+    for c in counts:
+        variants.setdefault(" ".join(c.split()).casefold(), []).append(c)
+    clash = [v for v in variants.values() if len(v) > 1]
+    if clash:
+        names = " and ".join(repr(v) for v in sorted(clash[0]))
+        raise DataError(f"folder: labels {names} differ only in case or spacing; write each class one way "
+                        f"(the CSV is taken as written, so they would become {len(clash[0])} classes). {found}")
+    return sorted(counts)
 
 
 def _load_images(items, size: int, src: Path) -> torch.Tensor:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
-    for i, (p, _) in enumerate(items):
+    for i, p in enumerate(items):
         if not p.is_file():
             raise DataError(f"folder: image {str(p)!r} listed in {str(src)!r} does not exist")
-        with Image.open(p) as im:
-            out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        try:
+            with Image.open(p) as im:
+                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"folder: {str(p)!r} listed in {str(src)!r} is not a readable image ({e}); "
+                            f"remove it from the CSV or replace the file") from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def load_folder(train_csv, test_csv: str = "", image_size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
-    """The user's own images: ``path,label`` CSV(s); labels are ints or class names.
+def load_folder(train_csv, test_csv: str = "", image_size: int = 32, labels_are_truth: bool = False) -> ImageData:
+    """The user's own images: ``path,label`` CSV(s); labels are ints 0..C-1 or class names.
 
-    The given (possibly noisy) labels become ``y_train``; ``train_labels_known``
-    is False because no clean label exists. The test set should be clean.
+    Labels are trimmed and checked (:func:`folder_classes`); the test CSV may
+    only use classes of the training CSV. Without a test CSV there is no test
+    set: every image is trained on and reported (a held-out split of noisy
+    labels would measure nothing). ``train_paths`` / ``test_paths`` keep each
+    image's path as written in its CSV (the label-issue report's key).
+
+    The given (possibly noisy) labels become ``y_train`` with
+    ``train_labels_known`` False, unless ``labels_are_truth`` (noise is then
+    added to them by ``cfg.noise``). The test set should be clean.
     """
     train_csv = Path(train_csv)
     tr = _read_path_label_csv(train_csv)
     te = _read_path_label_csv(Path(test_csv)) if test_csv else []
-    names = sorted({lab for _, lab in tr + te}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
-    if all(n.lstrip("-").isdigit() for n in names):
-        ints = sorted(int(n) for n in names)
-        if ints[0] < 0:
-            raise DataError(f"folder: label {ints[0]} in {str(train_csv)!r} is negative; labels must be 0..C-1 or class names")
-        classes = [str(i) for i in range(ints[-1] + 1)]
-    else:
-        classes = names
+    classes = folder_classes([lab for _, lab, _ in tr], repr(str(train_csv)))
     index = {c: i for i, c in enumerate(classes)}
-    x = _load_images(tr, image_size, train_csv)
-    y = torch.tensor([index[lab] for _, lab in tr], dtype=torch.int64)
     if te:
-        xte = _load_images(te, image_size, Path(test_csv))
-        yte = torch.tensor([index[lab] for _, lab in te], dtype=torch.int64)
+        if all(_is_int(c) for c in classes):  # integer classes: 1 and 01 are the same class
+            index.update({lab: int(lab) for _, lab, _ in te if _is_int(lab) and 0 <= int(lab) < len(classes)})
+        unknown = sorted({lab for _, lab, _ in te if lab not in index})
+        if unknown:
+            line = next(n for _, lab, n in te if lab == unknown[0])
+            raise DataError(f"folder: {str(test_csv)!r} line {line}: label {unknown[0]!r} is not a class of the training "
+                            f"CSV{f' (and {len(unknown) - 1} more: ' + ', '.join(map(repr, unknown[1:6])) + ')' if len(unknown) > 1 else ''}; "
+                            f"the model can only predict the classes it was trained on: {', '.join(map(repr, classes))}")
+    for rows, src in ((tr, train_csv), (te, Path(test_csv) if test_csv else None)):
+        seen: dict = {}
+        for path, _, line in rows:
+            if path in seen:
+                raise DataError(f"folder: {str(src)!r} lists {path!r} twice (lines {seen[path]} and {line}); "
+                                f"list each image once, the report is keyed by path")
+            seen[path] = line
+    tr_files = [train_csv.parent / p for p, _, _ in tr]
+    te_files = [Path(test_csv).parent / p for p, _, _ in te]
+    if te:
+        both = {f.resolve() for f in tr_files} & {f.resolve() for f in te_files}
+        if both:
+            raise DataError(f"folder: {str(min(both))!r} is listed in both the training and the test CSV; "
+                            f"a test image must not be trained on")
+    x = _load_images(tr_files, image_size, train_csv)
+    y = torch.tensor([index[lab] for _, lab, _ in tr], dtype=torch.int64)
+    if te:
+        xte = _load_images(te_files, image_size, Path(test_csv))
+        yte = torch.tensor([index[lab] for _, lab, _ in te], dtype=torch.int64)
     else:
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(y), generator=g)
-        n_te = max(1, int(round(test_fraction * len(y))))
-        te_idx, tr_idx = perm[:n_te].sort().values, perm[n_te:].sort().values
-        x, xte, y, yte = x[tr_idx], x[te_idx], y[tr_idx], y[te_idx]
-    return ImageData(f"folder:{train_csv.name}", x, y, xte, yte, classes=classes, train_labels_known=False)
+        xte = torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
+        yte = torch.zeros(0, dtype=torch.int64)
+    return ImageData(f"folder:{train_csv.name}", x, y, xte, yte, classes=classes, train_labels_known=labels_are_truth,
+                     train_paths=[p for p, _, _ in tr], test_paths=[p for p, _, _ in te])
 
 
 def load_dataset(cfg) -> ImageData:
@@ -200,5 +296,10 @@ def load_dataset(cfg) -> ImageData:
     if cfg.dataset in ("cifar10", "cifar100"):
         return load_cifar(cfg.dataset, cfg.data_root, cfg.download)
     if cfg.dataset == "folder":
-        return load_folder(cfg.folder_train_csv, cfg.folder_test_csv, cfg.image_size, cfg.folder_test_fraction, cfg.seed)
+        # noise=none: the CSV's labels are the user's own (their noise is unknown); any other
+        # kind adds noise to them, so they are the truth the report can be scored against
+        return load_folder(cfg.folder_train_csv, cfg.folder_test_csv, cfg.image_size, labels_are_truth=cfg.noise != "none")
+    if cfg.dataset == "arrays":
+        raise DataError("dataset=arrays: the images are in memory; pass them to hallnll.find_label_issues "
+                        "(or fit(cfg, data=ImageData(...)))")
     raise DataError(f"unknown dataset {cfg.dataset!r}; use digits, cifar10, cifar100 or folder")

@@ -1,0 +1,367 @@
+"""The label-issue report: which given labels are wrong, and what they should be.
+
+In cleanlab's vocabulary, one row per image (training and test):
+
+=================  =============================================================
+column             meaning
+=================  =============================================================
+``path``           the image as written in its CSV (a folder), else ``index``
+``split``          ``train`` or ``test``
+``given_label``    the label of the CSV / array, as a class name
+``suggested_label``  the label to use: the model's prediction where
+                   ``is_label_issue``, else the given label
+``is_label_issue`` the given label is judged wrong (rule below)
+``label_quality``  in [0, 1], the model's probability of the given label
+                   (cleanlab's self-confidence); sort ascending to review
+``subset``         what the method made of the image in training: ``easy``,
+                   ``clean-hard`` or ``unlabeled`` (§3.1, §3.3); ``test``
+``true_label``     only where the clean labels are known (benchmarks)
+=================  =============================================================
+
+Out of sample (``cfg.label_folds`` = k >= 2): the training images are dealt
+into k folds, stratified by given label; the method runs k times
+(:func:`hallnll.train.fit`), each time on the other k - 1 folds, and the
+images of the left-out fold get the probabilities of that run's model,
+which never saw their given labels. The test images get the mean of the k
+models' probabilities. With k = 2 this costs one run on all images (two
+runs on half); ``label_folds = 0`` uses the final model of one run on all
+images instead, which trained on the given labels of its easy samples.
+
+The rule (:func:`issues_from_probs`) is confident learning's "prune by
+noise rate" (Northcutt et al. 2021), written from the paper: the number of
+issues per (given, true) class pair is estimated from the probabilities
+themselves, and that many images with the largest margins are flagged. A
+label is only changed where the model that never saw it gives its own class
+at least ``suggest_confidence``.
+
+:func:`find_label_issues` does all of it on arrays (the cleanlab habit);
+:func:`report` on a dataset and a config (what ``hallnll fit-folder`` calls).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import engine, reporting
+from .config import Config, ConfigError
+from .data import DataError, DeviceImages, ImageData
+
+COLUMNS = ("split", "given_label", "suggested_label", "is_label_issue", "label_quality", "subset")
+
+
+# ---------------------------------------------------------------- the rule
+def issues_from_probs(probs: np.ndarray, given: np.ndarray, suggest_confidence: float = 0.9,
+                      joint: Optional[np.ndarray] = None) -> dict:
+    """Label issues from out-of-sample class probabilities ``probs`` [N, C] and the
+    given labels [N] (confident learning, Northcutt et al. 2021, written from the
+    paper):
+
+    1. per-class thresholds t_j: the mean probability of class j over the images
+       labelled j;
+    2. the confident joint: an image labelled i counts for class j when j is its
+       most likely class among those at or above their threshold;
+    3. calibrated to the class sizes, its off-diagonal (i, j) is the estimated
+       number of images labelled i that belong to j ("prune by noise rate"): that
+       many images labelled i, those with the largest p_j - p_i, are issues.
+
+    ``label_quality`` is p_i, the probability of the given label. The suggested
+    label is the most likely other class j where an image is an issue and the
+    model gives j at least ``suggest_confidence``, else the given label: on the
+    development data (``benchmarks/label_issues_dev.py``) a lower bar made the
+    suggested labels less accurate than the given ones. ``joint`` replaces the estimated
+    counts (the test rows use the training images'). Returns numpy arrays
+    ``is_label_issue``, ``label_quality``, ``suggested`` and the ``joint``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    given = np.asarray(given, dtype=np.int64)
+    n, c = probs.shape
+    rows = np.arange(n)
+    quality = probs[rows, given] if n else np.zeros(0)
+    other = probs.copy()
+    other[rows, given] = -1.0
+    alt = other.argmax(1) if n else np.zeros(0, np.int64)
+    if joint is None:
+        joint = calibrated_joint(probs, given)
+    issue = np.zeros(n, dtype=bool)
+    if joint.sum() > 0 and n:
+        scale = n / joint.sum()  # a joint of another set of images, in proportion
+        for i in range(c):
+            idx = np.flatnonzero(given == i)
+            budget = len(idx) - 1  # never the whole class
+            for j in range(c):
+                k = int(round(joint[i, j] * scale)) if i != j else 0
+                k = min(k, budget)
+                if k <= 0 or not len(idx):
+                    continue
+                margin = probs[idx, j] - probs[idx, i]
+                issue[idx[np.argsort(-margin, kind="stable")[:k]]] = True
+    change = issue & (probs[rows, alt] >= suggest_confidence) if n else issue
+    suggested = np.where(change, alt, given)
+    return {"is_label_issue": issue, "label_quality": quality, "suggested": suggested, "joint": joint}
+
+
+def calibrated_joint(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Steps 1-3 of :func:`issues_from_probs`: the confident joint [C, C] with each
+    row rescaled to the number of images given that label (counts, not rates)."""
+    n, c = probs.shape
+    counts = np.bincount(given, minlength=c).astype(np.float64)
+    sums = np.zeros(c)
+    np.add.at(sums, given, probs[np.arange(n), given])
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+    above = probs >= thresholds[None]
+    confident = np.where(above, probs, -1.0).argmax(1)
+    has = above.any(1)
+    joint = np.zeros((c, c))
+    np.add.at(joint, (given[has], confident[has]), 1.0)
+    rows = joint.sum(1, keepdims=True)
+    return np.where(rows > 0, joint / np.maximum(rows, 1e-12) * counts[:, None], 0.0)
+
+
+# ---------------------------------------------------------------- out-of-sample probabilities
+def fold_index(given: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Fold 0..k-1 of every training image: within each given class a seeded
+    shuffle dealt round-robin (so each fold keeps the class proportions)."""
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(len(given), generator=g)
+    order = perm[torch.argsort(given[perm], stable=True)]
+    counts = torch.bincount(given, minlength=int(given.max()) + 1 if len(given) else 1)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(given)) - starts[given[order]]
+    folds = torch.empty(len(given), dtype=torch.int64)
+    folds[order] = rank % k
+    return folds
+
+
+def _subset_data(data: ImageData, idx: torch.Tensor, name: str) -> ImageData:
+    paths = [data.train_paths[i] for i in idx.tolist()] if data.train_paths else []
+    return ImageData(name, data.x_train[idx], data.y_train[idx], data.x_test, data.y_test, classes=list(data.classes),
+                     train_labels_known=data.train_labels_known, train_paths=paths, test_paths=list(data.test_paths))
+
+
+@torch.no_grad()
+def _probs(model, x: torch.Tensor, data: ImageData, cfg: Config, device) -> np.ndarray:
+    if len(x) == 0:
+        return np.zeros((0, data.num_classes), np.float32)
+    bf16 = engine.use_bf16(cfg, device)  # as the Run that trained the model
+    images = DeviceImages(x, data.mean, data.std, device, cfg.channels_last and (device.type == "cuda" or bf16))
+    logits, _ = engine.predict(model, images, cfg.eval_batch_size, bf16, features=False)
+    return torch.softmax(logits.float(), 1).cpu().numpy()
+
+
+def _run_dirs(cfg: Config, out: Path) -> list:
+    return [out / f"fold{j}" for j in range(cfg.label_folds)] if cfg.label_folds else [out / "run"]
+
+
+def _run_config(cfg: Config, j: int) -> Config:
+    return cfg.replace(name=f"{cfg.name}-fold{j}") if cfg.label_folds else cfg
+
+
+@dataclass
+class OutOfSample:
+    """Probabilities of the training images from models that did not train on
+    their labels (:func:`out_of_sample`), of the test images (mean of the
+    models), the subset code of each training image, and the runs' summaries."""
+
+    probs: np.ndarray  # [N, C]
+    test_probs: np.ndarray  # [M, C]
+    subset: np.ndarray  # [N] 0 easy, 1 clean-hard, 2 unlabeled (in the run that trained on it)
+    folds: np.ndarray  # [N] fold of each image (all 0 when label_folds = 0)
+    summaries: list = field(default_factory=list)
+
+
+def out_of_sample(cfg: Config, data: ImageData, noisy: torch.Tensor, out_dir=None, resume: bool = True,
+                  progress: bool | None = None) -> OutOfSample:
+    """Run the method ``cfg.label_folds`` times (or once, for 0) and collect the
+    probabilities the report is made from; each run is a run folder
+    ``out_dir/fold<j>`` (``out_dir/run`` for 0), resumable on its own."""
+    from .train import cpu_threads, fit
+
+    k = cfg.label_folds
+    n, c = len(noisy), data.num_classes
+    dev = engine.resolve_device(cfg.device)
+    out = Path(out_dir) if out_dir is not None else None
+    probs = np.zeros((n, c), np.float32)
+    test_probs = np.zeros((len(data.y_test), c), np.float64)
+    subset_votes = np.zeros((n, 3), np.int64)
+    summaries = []
+    folds = fold_index(noisy, k, cfg.seed) if k else torch.zeros(n, dtype=torch.int64)
+    for j in range(max(k, 1)):
+        train_idx = (folds != j).nonzero().squeeze(1) if k else torch.arange(n)
+        held = (folds == j).nonzero().squeeze(1) if k else torch.arange(n)
+        sub = _subset_data(data, train_idx, f"{data.name}:fold{j}" if k else data.name)
+        run_dir = _run_dirs(cfg, out)[j] if out is not None else None
+        res = fit(_run_config(cfg, j), run_dir, data=sub, noisy=noisy[train_idx], resume=resume, progress=progress)
+        with cpu_threads(cfg.threads):
+            probs[held.numpy()] = _probs(res.model, data.x_train[held], sub, cfg, dev)
+            test_probs += _probs(res.model, data.x_test, sub, cfg, dev)
+        codes = res.labels["subset"].numpy()
+        subset_votes[train_idx.numpy(), codes] += 1
+        summaries.append(res.summary)
+        del res
+    subset = subset_votes.argmax(1)  # the most frequent subset of the image over the runs that trained on it
+    return OutOfSample(probs, (test_probs / max(k, 1)).astype(np.float32), subset, folds.numpy(), summaries)
+
+
+# ---------------------------------------------------------------- the report
+def build(data: ImageData, noisy: torch.Tensor, oos: OutOfSample, suggest_confidence: float = 0.9) -> dict:
+    """The report's columns (a dict of equal-length lists, training rows first)."""
+    names = np.asarray(data.classes, dtype=object)
+    given = noisy.numpy()
+    tr = issues_from_probs(oos.probs, given, suggest_confidence)
+    te = issues_from_probs(oos.test_probs, data.y_test.numpy(), suggest_confidence)  # the test CSV's own issues
+    n, m = len(given), len(data.y_test)
+    cols: dict = {}
+    if data.train_paths:
+        cols["path"] = list(data.train_paths) + list(data.test_paths)
+    else:
+        cols["index"] = list(range(n)) + list(range(m))
+    cols["split"] = ["train"] * n + ["test"] * m
+    cols["given_label"] = list(names[given]) + list(names[data.y_test.numpy()])
+    cols["suggested_label"] = list(names[tr["suggested"]]) + list(names[te["suggested"]])
+    cols["is_label_issue"] = [bool(v) for v in tr["is_label_issue"]] + [bool(v) for v in te["is_label_issue"]]
+    cols["label_quality"] = [float(v) for v in tr["label_quality"]] + [float(v) for v in te["label_quality"]]
+    cols["subset"] = [reporting.SUBSETS[s] for s in oos.subset] + ["test"] * m
+    if data.train_labels_known:
+        cols["true_label"] = list(names[data.y_train.numpy()]) + list(names[data.y_test.numpy()])
+    return cols
+
+
+def write_csv(path, cols: dict) -> None:
+    """``label_issues.csv`` (atomic), label_quality with 4 decimals."""
+    keys = list(cols)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(keys)
+    for row in zip(*(cols[k] for k in keys)):
+        w.writerow([f"{v:.4f}" if isinstance(v, float) else v for v in row])
+    reporting.atomic_write_text(path, buf.getvalue())
+
+
+def scores(cols: dict, split: str = "train") -> dict:
+    """Precision and recall of ``is_label_issue`` and the accuracy of the given and
+    suggested labels against ``true_label`` (benchmarks; needs the truth)."""
+    rows = [i for i, s in enumerate(cols["split"]) if s == split]
+    true = np.array([cols["true_label"][i] for i in rows], dtype=object)
+    given = np.array([cols["given_label"][i] for i in rows], dtype=object)
+    sugg = np.array([cols["suggested_label"][i] for i in rows], dtype=object)
+    flag = np.array([cols["is_label_issue"][i] for i in rows], dtype=bool)
+    return issue_scores(flag, given != true, given == true, sugg == true)
+
+
+def issue_scores(flag: np.ndarray, wrong: np.ndarray, given_right: np.ndarray, suggested_right: np.ndarray) -> dict:
+    tp = int((flag & wrong).sum())
+    return {"n": int(len(flag)), "noise_rate": float(wrong.mean()) if len(flag) else None,
+            "n_flagged": int(flag.sum()), "precision": tp / max(int(flag.sum()), 1),
+            "recall": tp / max(int(wrong.sum()), 1), "given_acc": float(given_right.mean()) if len(flag) else None,
+            "suggested_acc": float(suggested_right.mean()) if len(flag) else None}
+
+
+def report(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.Tensor | None = None,
+           resume: bool = True, progress: bool | None = None) -> tuple:
+    """The label-issue report of ``cfg``'s data: ``(columns, summary)``; with
+    ``out_dir`` it writes ``label_issues.csv``, ``summary.json`` and
+    ``config.yaml`` there and the runs under it (:func:`out_of_sample`)."""
+    from .train import check_resumable, prepare, read_checkpoint
+
+    cfg.validate()
+    t0 = time.perf_counter()
+    out = Path(out_dir) if out_dir is not None else None
+    if resume and out is not None:  # the runs' checkpoints are checked before the data and noise are prepared
+        for j, run_dir in enumerate(_run_dirs(cfg, out)):
+            if (run_dir / "checkpoint.pt").is_file():
+                state = read_checkpoint(run_dir / "checkpoint.pt")
+                check_resumable(_run_config(cfg, j), state, run_dir / "checkpoint.pt")
+    data, noisy, _ = prepare(cfg, data, noisy, progress=cfg.progress if progress is None else progress)
+    oos = out_of_sample(cfg, data, noisy, out, resume, progress)
+    cols = build(data, noisy, oos, cfg.suggest_confidence)
+    n = len(noisy)
+    flagged = sum(cols["is_label_issue"][:n])
+    summary = {"name": cfg.name, "dataset": cfg.dataset, "noise": cfg.noise, "label_folds": cfg.label_folds,
+               "n_train": n, "n_test": len(data.y_test), "classes": list(data.classes),
+               "n_label_issues": int(flagged), "label_issue_share": flagged / max(n, 1),
+               "n_label_issues_test": int(sum(cols["is_label_issue"][n:])),
+               "test_acc": (float((oos.test_probs.argmax(1) == data.y_test.numpy()).mean())
+                            if len(data.y_test) else None),
+               "wall_seconds": sum(s["wall_seconds"] for s in oos.summaries) + (time.perf_counter() - t0)
+               - sum(s["wall_seconds_this_session"] for s in oos.summaries),
+               "runs": oos.summaries}
+    if data.train_labels_known:
+        summary["scores"] = scores(cols)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+        write_csv(out / "label_issues.csv", cols)
+        reporting.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return cols, summary
+
+
+# ---------------------------------------------------------------- arrays (the cleanlab habit)
+def _as_nchw(images, what: str) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(images))
+    if x.dtype != torch.uint8:
+        raise DataError(f"{what}: expected uint8 pixels 0..255, got {x.dtype}; convert with "
+                        f"(x * 255).round().astype(np.uint8) if they are floats in [0, 1]")
+    if x.dim() == 3:
+        x = x[:, None]
+    if x.dim() != 4:
+        raise DataError(f"{what}: expected images [N, H, W], [N, H, W, C] or [N, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3):
+        raise DataError(f"{what}: images of shape {tuple(x.shape)} have neither 1 nor 3 channels")
+    return x.contiguous()
+
+
+def find_label_issues(images, labels, *, classes=None, test_images=None, test_labels=None, params=None,
+                      overrides=None, out_dir=None, progress: bool = False, **settings):
+    """Label issues of ``images`` (uint8 ``[N, H, W(, C)]`` or ``[N, C, H, W]``) with
+    given ``labels`` (ints 0..C-1): a pandas DataFrame with one row per image
+    (``index``, ``split``, ``given_label``, ``suggested_label``,
+    ``is_label_issue``, ``label_quality``, ``subset``), test images after the
+    training ones. ``classes`` names the labels (default ``"0"``..).
+
+    The settings are ``params`` (default: the shipped ``folder`` profile on a
+    GPU, ``folder-cpu`` on a CPU) with ``overrides`` (``["epochs=20"]``) and
+    keyword settings (``epochs=20``). ``out_dir`` keeps the runs (resumable).
+    """
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is in the notebooks/dev extras
+        raise ImportError("find_label_issues returns a pandas DataFrame: pip install pandas") from None
+    from .config import load_config
+
+    x = _as_nchw(images, "images")
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
+    if len(y) != len(x):
+        raise DataError(f"{len(x)} images but {len(y)} labels")
+    c = int(y.max()) + 1 if len(y) else 0
+    if classes is None:
+        classes = [str(i) for i in range(c)]
+    if len(y) == 0 or int(y.min()) < 0 or c > len(classes):
+        raise DataError(f"labels must be integers 0..{len(classes) - 1} (one per class name); got "
+                        f"{int(y.min()) if len(y) else 'none'}..{c - 1}")
+    if test_images is not None:
+        xt = _as_nchw(test_images, "test_images")
+        if test_labels is None:
+            raise DataError("test_images given without test_labels")
+        yt = torch.as_tensor(np.asarray(test_labels), dtype=torch.int64).reshape(-1)
+        if len(yt) != len(xt) or (len(yt) and (int(yt.min()) < 0 or int(yt.max()) >= len(classes))):
+            raise DataError(f"test_labels: need {len(xt)} integers in 0..{len(classes) - 1}")
+        if xt.shape[1:] != x.shape[1:]:
+            raise DataError(f"test images {tuple(xt.shape[1:])} differ in shape from the training images {tuple(x.shape[1:])}")
+    else:
+        xt, yt = x[:0], y[:0]
+    if params is None:
+        params = "folder" if engine.resolve_device(settings.get("device", "auto")).type == "cuda" else "folder-cpu"
+    cfg = load_config(params, list(overrides or []) + [f"image_size={int(x.shape[-1])}"], dataset="arrays",
+                      noise="none", **settings)
+    data = ImageData("arrays", x, y, xt, yt, classes=list(map(str, classes)), train_labels_known=False)
+    cols, _ = report(cfg, out_dir, data=data, noisy=y, progress=progress)
+    return pd.DataFrame(cols)
