@@ -62,6 +62,7 @@ class Cell:
     labels: str  # clean | noisy
     variant: str
     seeds: list  # one metrics history per seed
+    planned: int = 0  # the epochs each run is configured for (a partial report has fewer)
 
 
 def plan(params, overrides: Sequence[str], out, seeds: int = 1,
@@ -89,7 +90,7 @@ def collect(jobs: list, partial: bool = False) -> dict:
     for job in jobs:
         lab, rest = job.label.split("/", 1)
         v = rest.split()[0]
-        cell = cells.setdefault((lab, v), Cell(lab, v, []))
+        cell = cells.setdefault((lab, v), Cell(lab, v, [], job.config().epochs))
         m = Path(job.out_dir) / "metrics.jsonl"
         if m.is_file() and (partial or (Path(job.out_dir) / "summary.json").is_file()):
             rows = read_metrics(m)
@@ -113,6 +114,12 @@ def cell_summary(cell: Cell) -> dict:
     best = [max(r["test_acc"] for r in h) for h in cell.seeds]
     last = [h[-1]["test_acc"] for h in cell.seeds]
     out = {"labels": cell.labels, "variant": cell.variant, "n_seeds": len(cell.seeds),
+           "epochs": min(len(h) for h in cell.seeds), "planned": cell.planned,
+           "per_epoch": [_mean([h[e]["test_acc"] for h in cell.seeds])
+                         for e in range(min(len(h) for h in cell.seeds))],
+           "phases": [cell.seeds[0][e]["phase"] for e in range(min(len(h) for h in cell.seeds))],
+           "per_epoch_std": [_std([h[e]["test_acc"] for h in cell.seeds])
+                             for e in range(min(len(h) for h in cell.seeds))],
            "best": _mean(best), "best_std": _std(best), "last": _mean(last), "last_std": _std(last),
            "seconds": _mean([sum(r.get("seconds", {}).get("total", 0.0) for r in h) for h in cell.seeds])}
     for key in SELECTION_KEYS:
@@ -121,28 +128,40 @@ def cell_summary(cell: Cell) -> dict:
 
 
 def checks(summaries: dict, tol: float = 0.005) -> list:
-    """The paper's expectations as ``(description, holds, detail)``; see the module docstring."""
+    """The paper's expectations as ``(description, holds, detail)``; see the module docstring.
+
+    Two cells are compared at the last epoch both have reached: the end of the
+    run, or, in a report of a grid cut short (``--report-only``), an earlier
+    epoch, which the detail names ("partial")."""
     out = []
 
-    def last(lab, v):
-        s = summaries.get((lab, v))
-        return (s["last"], s["last_std"] or 0.0) if s and s["last"] is not None else (None, 0.0)
+    def at(lab, v, other):
+        s, o = summaries.get((lab, v)), summaries.get(other)
+        if not s or not o or not s["epochs"] or not o["epochs"]:
+            return None
+        e = min(s["epochs"], o["epochs"])
+        if s["phases"][e - 1] == "warmup" and o["phases"][e - 1] in ("warmup", "ce"):
+            return None  # nothing told apart yet: the variants share the warm-up
+        return s["per_epoch"][e - 1], s["per_epoch_std"][e - 1] or 0.0, e, max(s["planned"], o["planned"])
 
-    ce, _ = last("clean", "ce")
+    def where(e, planned):
+        return f"epoch {e}" + (f", partial: {planned} planned" if planned and e < planned else "")
+
     for v in SSL_VARIANTS:
-        a, _ = last("clean", v)
-        if ce is not None and a is not None:
-            out.append((f"clean: {v} ends at or above ce (tolerance {100 * tol:.1f} points)", a >= ce - tol,
-                        f"{100 * a:.2f} vs {100 * ce:.2f} ({100 * (a - ce):+.2f})"))
+        a, c = at("clean", v, ("clean", "ce")), at("clean", "ce", ("clean", v))
+        if a and c:
+            out.append((f"clean: {v} ends at or above ce (tolerance {100 * tol:.1f} points)", a[0] >= c[0] - tol,
+                        f"{100 * a[0]:.2f} vs {100 * c[0]:.2f} ({100 * (a[0] - c[0]):+.2f}; {where(a[2], a[3])})"))
     order = [("ce", "gmm", "<"), ("gmm", "easy", "<"), ("easy", "hallnll", "<=")]
     for lo, hi, rel in order:
-        (a, sa), (b, sb) = last("noisy", lo), last("noisy", hi)
-        if a is None or b is None:
+        a, b = at("noisy", lo, ("noisy", hi)), at("noisy", hi, ("noisy", lo))
+        if not a or not b:
             continue
-        margin = max(sa, sb)  # the seed spread; 0 with one seed
-        holds = (b - a > margin) if rel == "<" else (b - a >= -margin)
+        margin = max(a[1], b[1])  # the seed spread; 0 with one seed
+        holds = (b[0] - a[0] > margin) if rel == "<" else (b[0] - a[0] >= -margin)
         spread = f", seed spread {100 * margin:.2f}" if margin else ""
-        out.append((f"noisy: {lo} {rel} {hi}", holds, f"{100 * a:.2f} vs {100 * b:.2f} ({100 * (b - a):+.2f}{spread})"))
+        out.append((f"noisy: {lo} {rel} {hi}", holds,
+                    f"{100 * a[0]:.2f} vs {100 * b[0]:.2f} ({100 * (b[0] - a[0]):+.2f}{spread}; {where(a[2], a[3])})"))
     return out
 
 
@@ -179,14 +198,15 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005) -> tuple:
     rows = []
     for k in keys:
         s = summaries[k]
-        row = [k[0], k[1], s["n_seeds"], _pct(s["best"], s["best_std"]), _pct(s["last"], s["last_std"])]
+        row = [k[0], k[1], s["n_seeds"], f"{s['epochs']}/{s['planned']}", _pct(s["best"], s["best_std"]),
+               _pct(s["last"], s["last_std"])]
         for key, (_, pct) in SELECTION_KEYS.items():
             v = s[key]
             row.append("-" if v is None else (_pct(v) if pct else (f"{v:.0f}" if key.startswith("n_") else f"{v:.3f}")))
         row.append(f"{s['seconds']:.0f}" if s["seconds"] else "-")
         rows.append(row)
     parts.append("Best and last test accuracy (%), and the last epoch's selection:\n\n"
-                 + _table(rows, ["labels", "variant", "seeds", "best %", "last %"]
+                 + _table(rows, ["labels", "variant", "seeds", "epochs", "best %", "last %"]
                           + [c for c, _ in SELECTION_KEYS.values()] + ["seconds"]))
     res = checks(summaries, tol)
     parts.append("Checks (the paper's expectations):\n\n"
