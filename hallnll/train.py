@@ -123,18 +123,26 @@ def read_checkpoint(path, device="cpu") -> dict:
 
 def check_resumable(cfg: Config, state: dict, path) -> None:
     """Refuse a checkpoint made with settings that change results (all but
-    :data:`hallnll.config.RESULT_FREE`), or one already past ``cfg.epochs``."""
+    :data:`hallnll.config.RESULT_FREE`), or one already past ``cfg.epochs``.
+
+    ``lr_decay_epoch`` may change when the epochs already run had the same
+    learning rate under both (a run stopped before its decay, extended with
+    more epochs: ``lr_decay_epoch`` must lie below ``epochs``)."""
+    if state["epoch"] > cfg.epochs:
+        raise CheckpointError(f"{str(path)!r} has already run {state['epoch']} epochs, more than epochs={cfg.epochs}; "
+                              f"set epochs >= {state['epoch']}, another --out, or --no-resume")
     saved = Config().to_dict() | dict(state["config"])
     now = cfg.to_dict()
-    diff = [k for k in now if k not in RESULT_FREE and saved.get(k) != now[k]]
+    done = int(state["epoch"])
+    same_lr = all(engine.step_lr(1.0, t, int(saved.get("lr_decay_epoch") or 0)) == engine.step_lr(1.0, t, cfg.lr_decay_epoch)
+                  for t in range(done))
+    diff = [k for k in now if k not in RESULT_FREE and saved.get(k) != now[k]
+            and not (k == "lr_decay_epoch" and same_lr)]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff[:8])
         raise CheckpointError(f"{str(path)!r} was made with other settings ({changes}{', ...' if len(diff) > 8 else ''}); "
                               f"resuming would mix two runs. Use the same settings, another --out, or --no-resume "
                               f"(resume=False) to start over in this folder")
-    if state["epoch"] > cfg.epochs:
-        raise CheckpointError(f"{str(path)!r} has already run {state['epoch']} epochs, more than epochs={cfg.epochs}; "
-                              f"set epochs >= {state['epoch']}, another --out, or --no-resume")
 
 
 def _checkpoint_due(cfg: Config, epochs_done: int) -> bool:

@@ -211,7 +211,7 @@ def test_the_benchmark_scores_both_methods_on_a_tiny_cifar_folder(tmp_path):
     import label_issues as bench
 
     out = tmp_path / "bench"
-    sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=2", "width=4"]
+    sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=0", "width=4"]
     assert bench.main(["--jpeg-dir", str(CIFAR_JPEG), "--cifar-n", str(CIFAR_N_DIR / "CIFAR-10_human.npz"),
                        "--labels", "worse_label", "--n-train", "120", "--n-test", "40", "--cleanlab-folds", "2",
                        "--out", str(out), *sum([["--set", s] for s in sets], [])]) == 0

@@ -17,6 +17,9 @@ from hallnll.train import CheckpointError, fit, prepare
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "params" / "digits-quick.yaml"
 SHORT = ["epochs=5", "warmup_epochs=2", "lr_decay_epoch=4", "progress=false"]
+# a first part that stops before the decay (lr_decay_epoch must lie below epochs); resuming with
+# SHORT's decay at 4 is allowed because the epochs already run had the same learning rate
+NO_DECAY = {"lr_decay_epoch": 0}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def setting():
 
 def test_resume_refuses_other_settings_before_anything_is_written(setting, tmp_path):
     cfg, data, noisy = setting
-    fit(cfg.replace(epochs=3), tmp_path, data=data, noisy=noisy)
+    fit(cfg.replace(epochs=3, **NO_DECAY), tmp_path, data=data, noisy=noisy)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(CheckpointError, match=r"other settings \(lr: 0.02 -> 0.05, p: 0.6 -> 0.5\).*--no-resume"):
         fit(cfg.replace(lr=0.05, p=0.5), tmp_path, data=data, noisy=noisy)
@@ -38,17 +41,21 @@ def test_resume_refuses_other_settings_before_anything_is_written(setting, tmp_p
     other[0] = (other[0] + 1) % 10
     with pytest.raises(CheckpointError, match="other labels"):
         fit(cfg, tmp_path, data=data, noisy=other)
+    # a decay that would have changed an epoch already run (epoch 2 of 3) is another run
+    with pytest.raises(CheckpointError, match=r"lr_decay_epoch: 0 -> 2"):
+        fit(cfg.replace(lr_decay_epoch=2), tmp_path, data=data, noisy=noisy)
     # settings that cannot change results may differ: progress, checkpoint_every, a longer run
+    # (with SHORT's decay at epoch 4, after the 3 epochs run)
     res = fit(cfg.replace(checkpoint_every=2, name="renamed"), tmp_path, data=data, noisy=noisy)
     assert [r["epoch"] for r in res.history] == [1, 2, 3, 4, 5] and res.summary["resumed_from_epoch"] == 3
     with pytest.raises(CheckpointError, match="already run 5 epochs"):
-        fit(cfg.replace(epochs=4), tmp_path, data=data, noisy=noisy)
+        fit(cfg.replace(epochs=4, **NO_DECAY), tmp_path, data=data, noisy=noisy)
 
 
 def test_a_corrupt_checkpoint_is_one_clear_error_before_the_noise_is_rebuilt(setting, tmp_path, monkeypatch, capsys):
     cfg, data, noisy = setting
     out = tmp_path / "run"
-    fit(cfg.replace(epochs=2), out, data=data, noisy=noisy)
+    fit(cfg.replace(epochs=2, **NO_DECAY), out, data=data, noisy=noisy)
     ck = out / "checkpoint.pt"
     ck.write_bytes(ck.read_bytes()[:1000])  # cut short, as by a full disk
     calls = []
@@ -62,13 +69,13 @@ def test_a_corrupt_checkpoint_is_one_clear_error_before_the_noise_is_rebuilt(set
     assert rc == 2 and err.count("error:") == 1 and "checkpoint.pt" in err and "--no-resume" in err
     assert calls == []
     monkeypatch.undo()
-    res = fit(cfg.replace(epochs=2), out, data=data, noisy=noisy, resume=False)  # --no-resume starts over
+    res = fit(cfg.replace(epochs=2, **NO_DECAY), out, data=data, noisy=noisy, resume=False)  # --no-resume starts over
     assert res.summary["resumed_from_epoch"] == 0 and len(res.history) == 2
 
 
 def test_wall_seconds_counts_the_whole_run_after_a_resume(setting, tmp_path):
     cfg, data, noisy = setting
-    first = fit(cfg.replace(epochs=3), tmp_path, data=data, noisy=noisy).summary
+    first = fit(cfg.replace(epochs=3, **NO_DECAY), tmp_path, data=data, noisy=noisy).summary
     before = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["wall_seconds"]
     assert 0 < before <= first["wall_seconds"]
     s = json.loads((tmp_path / "summary.json").read_text())
@@ -99,7 +106,7 @@ def test_one_thread_setting_for_every_command(tmp_path):
             with T.cpu_threads(0):  # 0 leaves the setting alone
                 seen.append(torch.get_num_threads())
         assert seen == [3, 3] and torch.get_num_threads() == 1
-        res = fit(load_config(DIGITS, SHORT + ["epochs=1", "warmup_epochs=1", "threads=2"]), tmp_path)
+        res = fit(load_config(DIGITS, SHORT + ["epochs=1", "warmup_epochs=1", "lr_decay_epoch=0", "threads=2"]), tmp_path)
         assert res.summary["torch_threads"] == 2 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(outer)
@@ -107,11 +114,11 @@ def test_one_thread_setting_for_every_command(tmp_path):
 
 def test_noise_rate_only_where_noise_was_generated(setting, tmp_path):
     cfg, data, noisy = setting
-    s = fit(cfg.replace(epochs=1, warmup_epochs=1), tmp_path / "gen").summary
+    s = fit(cfg.replace(epochs=1, warmup_epochs=1, **NO_DECAY), tmp_path / "gen").summary
     assert s["noise"] == "classification" and s["noise_rate"] == 0.4
     assert s["noise_rate_actual"] == pytest.approx(float((noisy != data.y_train).float().mean()))
     # labels from a file: their rate is measured against the clean labels, no target is claimed
-    f = load_config(DIGITS, SHORT + ["epochs=1", "warmup_epochs=1", "noise=file",
+    f = load_config(DIGITS, SHORT + ["epochs=1", "warmup_epochs=1", "lr_decay_epoch=0", "noise=file",
                                      f"noise_file={tmp_path / 'gen' / 'noisy_labels.csv'}"])
     s = fit(f, tmp_path / "file").summary
     assert "noise_rate" not in s and s["noise_rate_actual"] == pytest.approx(0.4, abs=0.005)
