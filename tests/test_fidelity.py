@@ -102,6 +102,22 @@ def test_checks_encode_the_papers_expectations():
     assert report["summaries"][0]["last"] == pytest.approx(0.60)
 
 
+def test_a_grid_cut_short_is_compared_at_the_epoch_both_cells_reached():
+    # ce finished 3 epochs, gmm only 2 (warm-up + one SSL epoch), easy only its warm-up
+    cells = {
+        ("clean", "ce"): fidelity.Cell("clean", "ce", [_hist([0.5, 0.60, 0.70], "ce")], planned=3),
+        ("clean", "gmm"): fidelity.Cell("clean", "gmm", [[{"epoch": 1, "phase": "warmup", "test_acc": 0.5},
+                                                          {"epoch": 2, "phase": "ssl", "test_acc": 0.58}]], planned=3),
+        ("clean", "easy"): fidelity.Cell("clean", "easy", [[{"epoch": 1, "phase": "warmup", "test_acc": 0.5}]],
+                                         planned=3),
+    }
+    text, report = fidelity.format_report(cells, "", tol=0.005)
+    (check,) = report["checks"]  # easy has nothing of its own yet: no check
+    assert check["check"].startswith("clean: gmm") and check["holds"] is False
+    assert "58.00 vs 60.00" in check["detail"] and "epoch 2, partial: 3 planned" in check["detail"]
+    assert "| clean  | gmm     | 1     | 2/3 " in text
+
+
 def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
     # the grid on digits (its own classification noise), two epochs per cell
     sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=0", "checkpoint_every=0"]
@@ -123,27 +139,35 @@ def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
 
 
 # A small clean CIFAR-10 subset (the JPEG q75 copy beside the repository):
-# 2,000 / 1,000 images, PreActResNet-18 of width 8, 8 warm-up epochs then 4 of
-# MixMatch, against cross-entropy for all 12 epochs from the same start.
+# 2,000 / 1,000 images, PreActResNet-18 of width 8, batch 128, 8 warm-up epochs
+# then 4 of MixMatch, against cross-entropy for all 12 epochs from the same start.
 CIFAR_SMALL = ["dataset=cifar10", "noise=none", "arch=preact_resnet18", "width=8", "train_subset=2000",
                "test_subset=1000", "epochs=12", "warmup_epochs=8", "lr_decay_epoch=0", "batch_size=128",
                "crop_padding=4", "hflip=true", "eval_batch_size=500", "checkpoint_every=0", "progress=false",
                "device=cpu", "bf16=false", "cpu_bf16=false", "download=false"]
-#: how far below cross-entropy the SSL stage may end on clean labels here (see the test)
-SSL_TOLERANCE = 0.10
+#: how far (mean test accuracy over the SSL epochs) the SSL stage may end below
+#: cross-entropy on clean labels here: 1 point (see the test)
+SSL_TOLERANCE = 0.01
 
 
-def test_ssl_stage_does_not_collapse_below_cross_entropy_on_clean_cifar(cifar10):
-    # On clean labels the SSL stage cannot beat cross-entropy in a short run:
-    # the GMM's unlabeled set is the network's own mistakes (its MixMatch
-    # guesses there are 1-3% right, see README "Fidelity"). What it must not
-    # do is collapse: with the running BatchNorm averages after these short
-    # (11-step) SSL epochs gmm ended at PLACEHOLDER% against ce's PLACEHOLDER%.
+def test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar(cifar10):
+    # Measured on the development CPU (one thread; mean test accuracy over
+    # epochs 9-12): ce 39.62%, gmm 39.42% (-0.20) with the BatchNorm statistics
+    # re-estimated after every epoch; gmm 37.95% (-1.67) with the running
+    # averages of the short (12-16 step) SSL epochs, as before the fix
+    # (bn_recal_images=0). It does not show the larger gap of longer runs
+    # (README, "Fidelity": the GMM's unlabeled set is the network's own
+    # mistakes, and its MixMatch guesses there are 0.2-3% right); hallnll
+    # fidelity measures that.
     cfg = load_config("fidelity-cifar10", CIFAR_SMALL)
     data, noisy, _ = prepare(cfg, data=cifar10, progress=False)
     assert len(noisy) == 2000 and bool((noisy == data.y_train).all())
     ce = fit(cfg.replace(variant="ce"), data=data, noisy=noisy).history
     gmm = fit(cfg.replace(variant="gmm"), data=data, noisy=noisy).history
     assert ce[7]["test_acc"] == gmm[7]["test_acc"]  # the same warm-up
-    assert gmm[-1]["test_acc"] >= ce[-1]["test_acc"] - SSL_TOLERANCE, (gmm[-1], ce[-1]["test_acc"])
-    assert abs(gmm[-1]["test_acc"] - gmm[-1]["test_acc_batch_bn"]) < 0.05
+    assert [r["phase"] for r in gmm[8:]] == ["ssl"] * 4
+    mean_ce = sum(r["test_acc"] for r in ce[8:]) / 4
+    mean_gmm = sum(r["test_acc"] for r in gmm[8:]) / 4
+    assert mean_gmm >= mean_ce - SSL_TOLERANCE, ([r["test_acc"] for r in gmm[8:]], [r["test_acc"] for r in ce[8:]])
+    for r in gmm[8:]:  # eval mode describes the weights: within 3 points of batch statistics
+        assert abs(r["test_acc"] - r["test_acc_batch_bn"]) < 0.03, r
