@@ -1,8 +1,14 @@
 """Behaviour is pinned: the same seed gives the same metrics.jsonl (timings aside).
 
-``tests/golden/digits_metrics.json`` was written by ``tests/golden/make_golden.py``
-with the code before the core was restructured into :class:`hallnll.run.Run`:
+``tests/golden/digits_metrics.json`` was written by ``tests/golden/make_golden.py``:
 a 6-epoch digits run (3 warm-up, 3 SSL) of each variant, one torch thread.
+First made before the core was restructured into :class:`hallnll.run.Run`
+(which reproduced it digit for digit); regenerated on 2026-11-26 for the
+intended changes of issue 8: BatchNorm statistics re-estimated after every
+training epoch and the per-epoch diagnostics (new keys). The warm-up and
+``ce`` losses are unchanged; the SSL epochs' are not, because the per-sample
+losses of the GMM (Eq. 1) are computed in eval mode, now with statistics that
+describe the weights.
 Regenerate it only for an intended change of behaviour, and say so.
 """
 from __future__ import annotations
