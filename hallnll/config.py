@@ -38,6 +38,20 @@ ARCHS = ("small_cnn", "preact_resnet18", "resnet34", "resnet50")
 RESULT_FREE = ("name", "progress", "checkpoint_every", "epochs", "download", "data_root")
 #: Noise kinds generated from the clean labels: only these have a target rate (``noise_rate``).
 GENERATED_NOISE = ("symmetric", "asymmetric", "ptd", "classification")
+#: Settings read only to make the noisy labels, with the noise kinds that read them.
+NOISE_ONLY = {"noise_rate": GENERATED_NOISE, "noise_seed": GENERATED_NOISE, "ptd_std": ("ptd",),
+              "noise_file": ("file",), "cifar_n": ("cifar-n",), "cifar_n_file": ("cifar-n",),
+              **{k: ("classification",) for k in ("cbased_epochs", "cbased_lr", "cbased_lr_milestones",
+                                                  "cbased_lr_gamma", "cbased_softmax_augmented")}}
+
+
+def inert_settings(settings: dict) -> set:
+    """The settings that cannot change a run with these ``settings``: those of a
+    noise kind other than its own (e.g. ``cbased_epochs`` where the labels come
+    from a file). The resume check and the jobs' skip rule leave them out, so a
+    changed default of such a setting does not refuse or redo a run."""
+    noise = settings.get("noise")
+    return {k for k, kinds in NOISE_ONLY.items() if noise not in kinds}
 
 
 class ConfigError(ValueError):

@@ -35,14 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, load_config
+from .config import Config, inert_settings, load_config
 from .resources import params_path
 
 
 def config_hash(cfg: Config | dict, ignore=("progress",)) -> str:
-    """8 hex digits of the settings of ``cfg`` but ``ignore`` (progress bars do not change a run)."""
+    """8 hex digits of the settings of ``cfg`` but ``ignore`` (progress bars do not change a run)
+    and those its noise kind does not read (:func:`hallnll.config.inert_settings`)."""
     d = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
-    d = {k: v for k, v in d.items() if k not in ignore}
+    skip = set(ignore) | inert_settings(d)
+    d = {k: v for k, v in d.items() if k not in skip}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

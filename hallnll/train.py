@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from . import engine, reporting
-from .config import RESULT_FREE, Config
+from .config import RESULT_FREE, Config, inert_settings
 from .data import ImageData, load_dataset
 from .noise import make_noisy_labels, report, save_label_csv
 from .run import Run, TrainingError
@@ -136,7 +136,8 @@ def check_resumable(cfg: Config, state: dict, path) -> None:
     done = int(state["epoch"])
     same_lr = all(engine.step_lr(1.0, t, int(saved.get("lr_decay_epoch") or 0)) == engine.step_lr(1.0, t, cfg.lr_decay_epoch)
                   for t in range(done))
-    diff = [k for k in now if k not in RESULT_FREE and saved.get(k) != now[k]
+    inert = inert_settings(now) if saved.get("noise") == now["noise"] else set()
+    diff = [k for k in now if k not in RESULT_FREE and k not in inert and saved.get(k) != now[k]
             and not (k == "lr_decay_epoch" and same_lr)]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff[:8])

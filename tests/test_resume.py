@@ -123,3 +123,23 @@ def test_noise_rate_only_where_noise_was_generated(setting, tmp_path):
     s = fit(f, tmp_path / "file").summary
     assert "noise_rate" not in s and s["noise_rate_actual"] == pytest.approx(0.4, abs=0.005)
     assert "target rate: n/a" in (tmp_path / "file" / "noise_report.txt").read_text()
+
+
+def test_settings_its_noise_kind_does_not_read_neither_refuse_a_resume_nor_redo_a_job(setting, tmp_path):
+    from hallnll import jobs
+
+    cfg, data, noisy = setting
+    # generated (classification) noise reads cbased_*: another value is another run
+    fit(cfg.replace(epochs=1, warmup_epochs=1, **NO_DECAY), tmp_path / "gen", data=data, noisy=noisy)
+    with pytest.raises(CheckpointError, match=r"cbased_epochs: 15 -> 7"):
+        fit(cfg.replace(epochs=2, warmup_epochs=1, cbased_epochs=7, **NO_DECAY), tmp_path / "gen", data=data, noisy=noisy)
+    # labels from a file do not read cbased_*, noise_rate or ptd_std (a changed default must not
+    # refuse the resume or redo a finished job)
+    f = cfg.replace(epochs=1, warmup_epochs=1, noise="file", noise_file=str(tmp_path / "gen" / "noisy_labels.csv"),
+                    **NO_DECAY)
+    fit(f, tmp_path / "file")
+    other = {"cbased_epochs": 7, "noise_rate": 0.2, "ptd_std": 0.3}
+    res = fit(f.replace(epochs=2, **other), tmp_path / "file")
+    assert res.summary["resumed_from_epoch"] == 1 and len(res.history) == 2
+    assert jobs.config_hash(f.replace(**other)) == jobs.config_hash(f)
+    assert jobs.config_hash(cfg.replace(cbased_epochs=7)) != jobs.config_hash(cfg)
