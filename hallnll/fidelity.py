@@ -113,13 +113,12 @@ def cell_summary(cell: Cell) -> dict:
     """Best and last test accuracy (mean and std over seeds) and the last epoch's selection figures."""
     best = [max(r["test_acc"] for r in h) for h in cell.seeds]
     last = [h[-1]["test_acc"] for h in cell.seeds]
+    n = min(len(h) for h in cell.seeds)  # the epochs every seed has reached
     out = {"labels": cell.labels, "variant": cell.variant, "n_seeds": len(cell.seeds),
-           "epochs": min(len(h) for h in cell.seeds), "planned": cell.planned,
-           "per_epoch": [_mean([h[e]["test_acc"] for h in cell.seeds])
-                         for e in range(min(len(h) for h in cell.seeds))],
-           "phases": [cell.seeds[0][e]["phase"] for e in range(min(len(h) for h in cell.seeds))],
-           "per_epoch_std": [_std([h[e]["test_acc"] for h in cell.seeds])
-                             for e in range(min(len(h) for h in cell.seeds))],
+           "epochs": n, "planned": cell.planned,
+           "per_epoch": [_mean([h[e]["test_acc"] for h in cell.seeds]) for e in range(n)],
+           "phases": [cell.seeds[0][e]["phase"] for e in range(n)],
+           "per_epoch_std": [_std([h[e]["test_acc"] for h in cell.seeds]) for e in range(n)],
            "best": _mean(best), "best_std": _std(best), "last": _mean(last), "last_std": _std(last),
            "seconds": _mean([sum(r.get("seconds", {}).get("total", 0.0) for r in h) for h in cell.seeds])}
     for key in SELECTION_KEYS:

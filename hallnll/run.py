@@ -464,8 +464,9 @@ class Run:
         cfg = self.cfg
         if self.last:
             logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16, features=False)
-            omega, easy, ch, train_labels = (self.last[k].cpu() for k in ("omega", "easy_mask", "clean_hard_mask",
-                                                                         "train_labels"))
+            # on the CPU: Selection.state() made it there and load_state_dict keeps it there
+            omega, easy, ch, train_labels = (self.last[k] for k in ("omega", "easy_mask", "clean_hard_mask",
+                                                                   "train_labels"))
             labeled = easy | ch
         else:
             ez = self.easiness()
@@ -478,5 +479,5 @@ class Run:
         subset[easy] = 0
         subset[ch] = 1
         corrected = torch.where(labeled, train_labels, predicted)
-        return {"given": self.given.cpu(), "corrected": corrected, "easiness": omega.cpu(), "subset": subset,
+        return {"given": self.given.cpu(), "corrected": corrected, "easiness": omega, "subset": subset,
                 "predicted": predicted}

@@ -108,10 +108,12 @@ def labels_text(cfg: Config, data: ImageData, noise_report) -> str:
             f"no clean labels, so their noise rate is unknown\n  images per given class: {per_class}\n")
 
 
-def read_checkpoint(path, device="cpu") -> dict:
-    """The state saved in ``path``, or one :class:`CheckpointError` naming it and the way out."""
+def read_checkpoint(path) -> dict:
+    """The state saved in ``path``, read onto the CPU as :meth:`Run.load` reads it (the
+    model's and optimisers' ``load_state_dict`` move their tensors to the run's device),
+    or one :class:`CheckpointError` naming the file and the way out."""
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or not {"model", "epoch", "noisy", "config"} <= set(state):
             raise ValueError("not a hallnll checkpoint")
     except Exception as e:  # truncated, not a torch file, another program's file
@@ -166,13 +168,13 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
     state = None
     if resume and ckpt is not None and ckpt.is_file():
         # checked before the noise is rebuilt (minutes for classification-based noise)
-        state = read_checkpoint(ckpt, dev)
+        state = read_checkpoint(ckpt)
         check_resumable(cfg, state, ckpt)
     data, noisy, noise_report = prepare(cfg, data, noisy, progress)
     run = Run(cfg, data, noisy, dev)
     wall_before = 0.0
     if state is not None:
-        if not torch.equal(state["noisy"].cpu(), noisy):
+        if not torch.equal(state["noisy"], noisy):
             raise CheckpointError(f"{str(ckpt)!r} was made with other labels (the data or its CSV changed); "
                                   f"use another --out, or --no-resume (resume=False) to start over")
         run.load_state_dict(state, str(ckpt))
