@@ -167,3 +167,65 @@ def test_rampup():
     assert ssl.rampup(10, 10, 16) == 0.0
     assert ssl.rampup(18, 10, 16) == 0.5
     assert ssl.rampup(40, 10, 16) == 1.0
+
+
+def test_mixmatch_step_is_dividemix_train_step_with_one_network():
+    """One MixMatch step (loss and gradient) equals DivideMix's ``train()`` step of
+    Train_cifar.py (github.com/LiJunnan1992/DivideMix), transcribed below with one
+    network guessing its own targets (no co-guessing), on a model without
+    BatchNorm (DivideMix forwards each view alone, hallnll all four at once: the
+    same numbers where no layer looks across the batch)."""
+    from hallnll.data.gpu import DeviceImages, augment_draws
+
+    g = torch.Generator().manual_seed(3)
+    images = DeviceImages(torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=g),
+                          (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "cpu")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(6, 5))
+    il, iu = torch.tensor([0, 3, 5, 7, 8]), torch.tensor([10, 11, 15, 20, 23])
+    draws = [augment_draws(5, 2, True, g) for _ in range(4)]
+    labels = torch.tensor([1, 4, 0, 2, 2])
+    w = torch.tensor([0.9, 0.55, 1.0, 0.7, 0.6])
+    lam, perm, lambda_u, T, C = 0.8, torch.randperm(20, generator=g), 7.0, 0.5, 5
+
+    loss, l_ce, l_mse = ssl.mixmatch_loss(net, images, il, iu, draws, labels, w, lam, perm, lambda_u, C, T, 1.0,
+                                          padding=2)
+    ours = torch.autograd.grad(loss, list(net.parameters()))
+
+    # --- DivideMix, train(): the same views, mixup coefficient and permutation
+    inputs_x, inputs_x2 = images.augmented(il, draws[0], 2), images.augmented(il, draws[1], 2)
+    inputs_u, inputs_u2 = images.augmented(iu, draws[2], 2), images.augmented(iu, draws[3], 2)
+    batch_size = inputs_x.size(0)
+    labels_x = torch.zeros(batch_size, C).scatter_(1, labels.view(-1, 1), 1)
+    w_x = w.view(-1, 1).type(torch.FloatTensor)
+    with torch.no_grad():
+        outputs_u11, outputs_u12 = net(inputs_u), net(inputs_u2)
+        pu = (torch.softmax(outputs_u11, dim=1) + torch.softmax(outputs_u12, dim=1)) / 2
+        ptu = pu ** (1 / T)
+        targets_u = ptu / ptu.sum(dim=1, keepdim=True)
+        outputs_x, outputs_x2 = net(inputs_x), net(inputs_x2)
+        px = (torch.softmax(outputs_x, dim=1) + torch.softmax(outputs_x2, dim=1)) / 2
+        px = w_x * labels_x + (1 - w_x) * px
+        ptx = px ** (1 / T)
+        targets_x = ptx / ptx.sum(dim=1, keepdim=True)
+    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
+    all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
+    mixed_input = lam * all_inputs + (1 - lam) * all_inputs[perm]
+    mixed_target = lam * all_targets + (1 - lam) * all_targets[perm]
+    logits = net(mixed_input)
+    logits_x, logits_u = logits[:batch_size * 2], logits[batch_size * 2:]
+    Lx = -torch.mean(torch.sum(F.log_softmax(logits_x, dim=1) * mixed_target[:batch_size * 2], dim=1))
+    Lu = torch.mean((torch.softmax(logits_u, dim=1) - mixed_target[batch_size * 2:]) ** 2)
+    prior = torch.ones(C) / C
+    pred_mean = torch.softmax(logits, dim=1).mean(0)
+    penalty = torch.sum(prior * torch.log(prior / pred_mean))
+    dm_loss = Lx + lambda_u * Lu + penalty
+    theirs = torch.autograd.grad(dm_loss, list(net.parameters()))
+
+    assert l_ce.item() == pytest.approx(Lx.item(), rel=1e-5)
+    assert l_mse.item() == pytest.approx(Lu.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(dm_loss.item(), rel=1e-5)
+    assert penalty.item() > 1e-4  # the prior term is in play, not zero by symmetry
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
