@@ -24,7 +24,9 @@ CPU, one thread). What differs from the official script, and only this:
 eval mode, the test on the sum of both networks' logits); ``--nets 1`` is
 DivideMix without co-training (one network divides its own data and guesses
 its own targets: the paper's Table 5 row 1, hallnll's variant ``gmm``);
-``--nets 0`` is cross-entropy only (``warmup`` every epoch). Nothing of
+``--nets 0`` is cross-entropy only (``warmup`` every epoch). ``--device
+cuda --set train_subset=0 --set test_subset=0 --set width=0`` runs it at
+the paper's scale (``benchmarks/gpu-reference.sh``). Nothing of
 hallnll's method runs here: this is the yardstick for ``hallnll fidelity``'s
 ``gmm`` and ``ce`` rows. Writes one JSON line per epoch to stdout and the
 whole table to ``--out``.
@@ -55,7 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--labels", choices=["clean", "noisy"], default="clean")
     ap.add_argument("--nets", type=int, choices=[0, 1, 2], default=1)
     ap.add_argument("--params", default="fidelity-cifar10", help="the setting whose data and model are used")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of --params (e.g. arch=preact_resnet18, train_subset=0, width=0)")
     ap.add_argument("--width", type=int, default=0, help="0: the params file's")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast and channels_last on either)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--warm-up", type=int, default=10)
     ap.add_argument("--decay", type=int, default=25, help="lr / 10 from this epoch (0-based, as `epoch >= 150`)")
@@ -69,25 +74,28 @@ def main(argv=None) -> int:
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast / channels_last")
     ap.add_argument("--out", required=True, help="JSON file for the per-epoch table")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    over = [f"data_root={args.data_root}", f"noise_file={args.noise_file}", "progress=false"]
+    over = [f"data_root={args.data_root}", f"noise_file={args.noise_file}", "progress=false", *args.set]
     if args.labels == "clean":
         over.append("noise=none")
     cfg = load_config(args.params, over)
     data, noisy, _ = prepare(cfg, progress=False)
-    true, C, N = data.y_train, data.num_classes, len(noisy)
+    dev = torch.device(args.device)
+    true, noisy, C, N = data.y_train.to(dev), noisy.to(dev), data.num_classes, len(noisy)
+    y_test = data.y_test.to(dev)
     bf16 = not args.fp32
-    dev = torch.device("cpu")
     X = DeviceImages(data.x_train, data.mean, data.std, dev, channels_last=bf16)
     XT = DeviceImages(data.x_test, data.mean, data.std, dev, channels_last=bf16)
-    gen = torch.Generator().manual_seed(args.seed)
+    # hallnll's loader cuts the subset the params file names; DivideMix's eval_train sees every image
+    gen = torch.Generator(dev).manual_seed(args.seed)
     width = args.width or cfg.width
 
     def fwd(net, x):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             return net(x).float()
 
     def aug(idx):  # transform_train: RandomCrop(32, padding=4), RandomHorizontalFlip, Normalize
@@ -95,6 +103,7 @@ def main(argv=None) -> int:
 
     def create_model():
         m = build_model(cfg.arch, C, data.in_channels, "", width)
+        m = m.to(dev)
         return m.to(memory_format=torch.channels_last) if bf16 else m
 
     CE = nn.CrossEntropyLoss(reduction="none")
@@ -111,7 +120,7 @@ def main(argv=None) -> int:
         return Lx, Lu, linear_rampup(epoch, warm_up)
 
     def loader(idx, bs):  # DataLoader(shuffle=True), no drop_last
-        p = idx[torch.randperm(len(idx), generator=gen)]
+        p = idx[torch.randperm(len(idx), generator=gen, device=dev)]
         return [p[i:i + bs] for i in range(0, len(p), bs)]
 
     def train(epoch, net, net2, optimizer, lab_idx, lab_w, unl_idx):
@@ -119,11 +128,11 @@ def main(argv=None) -> int:
         if net2 is not None:
             net2.eval()  # fix one network and train the other
         bs = args.batch_size
-        wmap = torch.zeros(N)
+        wmap = torch.zeros(N, device=dev)
         wmap[lab_idx] = lab_w
         num_iter = (len(lab_idx) // bs) + 1
         unl_batches, ui = loader(unl_idx, bs), 0
-        Lx = Lu = torch.zeros(())
+        Lx = Lu = torch.zeros((), device=dev)
         for batch_idx, bi in enumerate(loader(lab_idx, bs)):
             if ui >= len(unl_batches):  # unlabeled_train_iter restarted
                 unl_batches, ui = loader(unl_idx, bs), 0
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
             ui += 1
             inputs_x, inputs_x2, inputs_u, inputs_u2 = aug(bi), aug(bi), aug(bu), aug(bu)
             batch_size = len(bi)
-            labels_x = torch.zeros(batch_size, C).scatter_(1, noisy[bi].view(-1, 1), 1)
+            labels_x = torch.zeros(batch_size, C, device=dev).scatter_(1, noisy[bi].view(-1, 1), 1)
             w_x = wmap[bi].view(-1, 1).float()
             with torch.no_grad():
                 # label co-guessing of unlabeled samples (one network: its own two views)
@@ -151,14 +160,14 @@ def main(argv=None) -> int:
             l = max(l, 1 - l)
             all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
             all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
-            idx = torch.randperm(all_inputs.size(0), generator=gen)
+            idx = torch.randperm(all_inputs.size(0), generator=gen, device=dev)
             mixed_input = l * all_inputs + (1 - l) * all_inputs[idx]
             mixed_target = l * all_targets + (1 - l) * all_targets[idx]
             logits = fwd(net, mixed_input)
             Lx, Lu, lamb = criterion(logits[:batch_size * 2], mixed_target[:batch_size * 2],
                                      logits[batch_size * 2:], mixed_target[batch_size * 2:],
                                      epoch + batch_idx / num_iter, args.warm_up)
-            prior = torch.ones(C) / C  # regularization
+            prior = torch.ones(C, device=dev) / C  # regularization
             pred_mean = torch.softmax(logits, dim=1).mean(0)
             penalty = torch.sum(prior * torch.log(prior / pred_mean))
             loss = Lx + lamb * Lu + penalty
@@ -169,7 +178,7 @@ def main(argv=None) -> int:
 
     def warmup(net, optimizer):
         net.train()
-        for bi in loader(torch.arange(N), args.batch_size * 2):
+        for bi in loader(torch.arange(N, device=dev), args.batch_size * 2):
             optimizer.zero_grad()
             loss = CEloss(fwd(net, aug(bi)), noisy[bi])
             loss.backward()
@@ -184,15 +193,15 @@ def main(argv=None) -> int:
         out = logits_of(model, X)
         losses = CE(out, noisy)
         losses = (losses - losses.min()) / (losses.max() - losses.min())
-        input_loss = losses.reshape(-1, 1).numpy()
+        input_loss = losses.reshape(-1, 1).cpu().numpy()
         gmm = GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=args.seed)
         gmm.fit(input_loss)
         prob = gmm.predict_proba(input_loss)[:, gmm.means_.argmin()]
-        return torch.tensor(prob, dtype=torch.float32), out
+        return torch.tensor(prob, dtype=torch.float32, device=dev), out
 
     def test(nets):
         outs = [logits_of(n, XT) for n in nets]
-        acc = lambda o: float((o.argmax(1) == data.y_test).float().mean()) * 100  # noqa: E731
+        acc = lambda o: float((o.argmax(1) == y_test).float().mean()) * 100  # noqa: E731
         return acc(sum(outs)), acc(outs[0])
 
     nets = [create_model() for _ in range(max(args.nets, 1))]

@@ -171,3 +171,29 @@ def test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar(cifar10):
     assert mean_gmm >= mean_ce - SSL_TOLERANCE, ([r["test_acc"] for r in gmm[8:]], [r["test_acc"] for r in ce[8:]])
     for r in gmm[8:]:  # eval mode describes the weights: within 3 points of batch statistics
         assert abs(r["test_acc"] - r["test_acc_batch_bn"]) < 0.03, r
+
+
+def test_dividemix_reference_runs_on_the_fidelity_subset(cifar10_root, tmp_path):
+    """benchmarks/dividemix_reference.py (DivideMix's loop, the gmm / ce yardstick):
+    two networks co-divide on clean labels, so every labeled sample's label is
+    right and the table has one row per epoch."""
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import shared_file
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "dividemix_reference.py"
+    spec = importlib.util.spec_from_file_location("dividemix_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    labels = shared_file("noisy-labels/cifar10-classification-idn/dependent0.4.csv")
+    out = tmp_path / "dm.json"
+    rc = mod.main(["--data-root", str(cifar10_root), "--noise-file", str(labels), "--labels", "clean", "--nets", "2",
+                   "--set", "train_subset=300", "--set", "test_subset=200", "--set", "width=4", "--epochs", "2",
+                   "--warm-up", "1", "--decay", "1", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert "labeled" not in rows[0]  # warm-up
+    assert 0 < rows[1]["labeled"] <= 300 and rows[1]["labeled_precision"] == 1.0
+    assert all(0.0 <= r["test_acc"] <= 100.0 for r in rows)
