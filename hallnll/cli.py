@@ -291,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data-note", default="", help='how the report names the data, e.g. "CIFAR-10 (JPEG q75 copy)"')
     f.add_argument("--no-resume", action="store_true")
     f.add_argument("--report-only", action="store_true", help="run nothing; report what the cells have written so far")
+    f.add_argument("--reference", default=None, metavar="DIR",
+                   help="a folder of benchmarks/dividemix_reference.py JSON tables for the same data and schedule: "
+                        "adds DivideMix's own loops and the checks of ce and gmm against them")
+    f.add_argument("--ref-tol", type=float, default=0.02,
+                   help="how far below DivideMix's own loop ce and gmm may end (default 0.02: 2 points)")
     f.set_defaults(fn=cmd_fidelity)
     return p
 

@@ -23,6 +23,15 @@ expectations of the paper as checks:
 - noisy labels: ``ce < gmm < easy <= hallnll`` (Table 5's order) on last
   accuracy, by margins larger than the seed spread when there are seeds.
 
+With ``reference`` (``--reference DIR``: the JSON tables that
+``benchmarks/dividemix_reference.py`` wrote for the same data and schedule,
+DivideMix's official training loop transcribed) the report adds those runs
+and two checks per label set that do not depend on the scale: ``ce`` at or
+above DivideMix's cross-entropy, ``gmm`` (the paper's Table 5 row 1, DivideMix
+without co-training) at or above DivideMix's own one-network loop, each within
+``ref_tol``. A faithful implementation passes them where the recipe itself
+does not yet beat cross-entropy; a broken step fails them.
+
 The settings live in ``params/fidelity-cifar10.yaml``; the report is also
 written to ``OUT/fidelity.md`` and ``OUT/fidelity.json``.
 """
@@ -164,6 +173,52 @@ def checks(summaries: dict, tol: float = 0.005) -> list:
     return out
 
 
+REFERENCE_LOOPS = {0: "cross-entropy", 1: "one network", 2: "two networks (DivideMix)"}
+REFERENCE_OF = {"ce": 0, "gmm": 1}  # the hallnll variant each reference loop is the yardstick of
+
+
+def read_reference(folder) -> dict:
+    """``{(labels, nets): {"per_epoch": [...], "epochs": n, "file": name}}`` from the JSON
+    tables of ``benchmarks/dividemix_reference.py`` in ``folder`` (accuracy as a fraction)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--reference {folder}: not a folder (give the folder holding the JSON tables of "
+                          f"benchmarks/dividemix_reference.py)")
+    out = {}
+    for p in sorted(folder.glob("*.json")):
+        try:
+            d = json.loads(p.read_text())
+            a, rows = d["args"], d["rows"]
+            key = (a["labels"], int(a["nets"]))
+            acc = [float(r["test_acc"]) / 100 for r in rows]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # another JSON file: not a reference table
+        if acc:
+            out[key] = {"per_epoch": acc, "epochs": len(acc), "planned": int(a.get("epochs", len(acc))),
+                        "file": p.name}
+    if not out:
+        raise ConfigError(f"--reference {folder}: no JSON table of benchmarks/dividemix_reference.py there "
+                          f"(run it with --out {folder}/<labels>-<nets>.json)")
+    return out
+
+
+def reference_checks(summaries: dict, reference: dict, ref_tol: float = 0.02) -> list:
+    """``ce`` and ``gmm`` against DivideMix's own loops, at the last epoch both reached."""
+    out = []
+    for lab in LABELS:
+        for v, nets in REFERENCE_OF.items():
+            s, r = summaries.get((lab, v)), reference.get((lab, nets))
+            if not s or not r or not s["epochs"]:
+                continue
+            e = min(s["epochs"], r["epochs"])
+            ours, theirs = s["per_epoch"][e - 1], r["per_epoch"][e - 1]
+            part = f", partial: {max(s['planned'], r['planned'])} planned" if e < max(s["planned"], r["planned"]) else ""
+            out.append((f"{lab}: {v} at or above DivideMix's own loop, {REFERENCE_LOOPS[nets]} (tolerance "
+                        f"{100 * ref_tol:.1f} points)", ours >= theirs - ref_tol,
+                        f"{100 * ours:.2f} vs {100 * theirs:.2f} ({100 * (ours - theirs):+.2f}; epoch {e}{part})"))
+    return out
+
+
 def _pct(x, std=None) -> str:
     if x is None:
         return "-"
@@ -178,8 +233,9 @@ def _table(rows, headers) -> str:
     return "\n".join(lines)
 
 
-def format_report(cells: dict, header: str = "", tol: float = 0.005) -> tuple:
-    """The report as markdown text and as a JSON-able dict."""
+def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: Optional[dict] = None,
+                  ref_tol: float = 0.02) -> tuple:
+    """The report as markdown text and as a JSON-able dict (``reference``: :func:`read_reference`)."""
     keys = [(lab, v) for lab in LABELS for v in VARIANTS if (lab, v) in cells and cells[(lab, v)].seeds]
     summaries = {k: cell_summary(cells[k]) for k in keys}
     parts = [header] if header else []
@@ -210,8 +266,19 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005) -> tuple:
     res = checks(summaries, tol)
     parts.append("Checks (the paper's expectations):\n\n"
                  + "\n".join(f"- [{'x' if ok else ' '}] {d}: {detail}" for d, ok, detail in res))
+    ref_res = []
+    if reference:
+        rows = [[lab, REFERENCE_LOOPS[n], f"{r['epochs']}/{r['planned']}", _pct(max(r["per_epoch"])),
+                 _pct(r["per_epoch"][-1]), r["file"]] for (lab, n), r in sorted(reference.items())]
+        parts.append("DivideMix's own training loop on the same data (benchmarks/dividemix_reference.py):\n\n"
+                     + _table(rows, ["labels", "loop", "epochs", "best %", "last %", "file"]))
+        ref_res = reference_checks(summaries, reference, ref_tol)
+        parts.append("Checks against DivideMix's own loop (an implementation fault, at any scale):\n\n"
+                     + "\n".join(f"- [{'x' if ok else ' '}] {d}: {detail}" for d, ok, detail in ref_res))
     report = {"summaries": [summaries[k] for k in keys], "checks": [{"check": d, "holds": ok, "detail": det}
                                                                     for d, ok, det in res],
+              "reference_checks": [{"check": d, "holds": ok, "detail": det} for d, ok, det in ref_res],
+              "reference": {f"{lab}/{n}": r for (lab, n), r in (reference or {}).items()},
               "per_epoch": {f"{lab}/{v}": [[r["test_acc"] for r in h] for h in cells[(lab, v)].seeds]
                             for lab, v in keys}}
     return "\n\n".join(parts) + "\n", report
@@ -232,9 +299,12 @@ def describe(params, overrides, data_note: str = "") -> str:
 
 def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int = 1,
         variants: Sequence[str] = VARIANTS, labels: Sequence[str] = LABELS, resume: bool = True,
-        tol: float = 0.005, data_note: str = "", report_only: bool = False, log=print) -> dict:
+        tol: float = 0.005, data_note: str = "", report_only: bool = False, log=print,
+        reference=None, ref_tol: float = 0.02) -> dict:
     """Plan, run (skipping finished cells) and report the grid; returns the report dict.
 
+    ``reference``: a folder of ``benchmarks/dividemix_reference.py`` tables, read
+    (and refused if it holds none) before any cell runs.
     ``data_note`` names the data in the report (e.g. "CIFAR-10 (JPEG q75 copy)");
     ``report_only`` runs nothing and reports what the cells have written so far
     (unfinished runs included: e.g. after a time limit cut the grid short)."""
@@ -242,6 +312,7 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
     if bad:
         raise ConfigError(f"fidelity: unknown {', '.join(map(repr, bad))}; variants are {', '.join(VARIANTS)}, "
                          f"labels {', '.join(LABELS)}")
+    ref = read_reference(reference) if reference else None
     out = Path(out)
     jobs = plan(params, overrides, out, seeds, variants, labels)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +320,7 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
     log(header)
     results = [] if report_only else run_jobs(jobs, parallel, log, resume)
     failed = [r for r in results if not r["ok"]]
-    text, report = format_report(collect(jobs, partial=report_only), header, tol)
+    text, report = format_report(collect(jobs, partial=report_only), header, tol, ref, ref_tol)
     if failed:
         text += "\nFailed cells:\n" + "\n".join(f"- {r['label']}: {r['error']}" for r in failed) + "\n"
     report.update(header=header, failed=[{"label": r["label"], "error": r["error"]} for r in failed])
@@ -262,5 +333,6 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
 
 def main(args) -> int:
     run(args.params, args.set, args.out, args.seeds, args.parallel, tuple(args.variants.split(",")),
-        tuple(args.labels.split(",")), not args.no_resume, args.tol, args.data_note, args.report_only)
+        tuple(args.labels.split(",")), not args.no_resume, args.tol, args.data_note, args.report_only,
+        reference=args.reference, ref_tol=args.ref_tol)
     return 0

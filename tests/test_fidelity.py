@@ -102,6 +102,36 @@ def test_checks_encode_the_papers_expectations():
     assert report["summaries"][0]["last"] == pytest.approx(0.60)
 
 
+def test_reference_tables_are_read_and_checked_against_ce_and_gmm(tmp_path):
+    # two tables of benchmarks/dividemix_reference.py (accuracy in %), one unrelated JSON file
+    def table(name, labels, nets, accs):
+        rows = [{"epoch": i + 1, "test_acc": a} for i, a in enumerate(accs)]
+        (tmp_path / name).write_text(json.dumps({"args": {"labels": labels, "nets": nets, "epochs": 2}, "rows": rows}))
+
+    table("clean-0.json", "clean", 0, [50.0, 61.0])
+    table("clean-1.json", "clean", 1, [50.0, 66.0])
+    (tmp_path / "fidelity.json").write_text(json.dumps({"summaries": []}))
+    ref = fidelity.read_reference(tmp_path)
+    assert set(ref) == {("clean", 0), ("clean", 1)}
+    assert ref[("clean", 1)]["per_epoch"] == [0.5, 0.66]
+    cells = {("clean", "ce"): fidelity.Cell("clean", "ce", [_hist([0.5, 0.60], "ce")]),
+             ("clean", "gmm"): fidelity.Cell("clean", "gmm", [_hist([0.5, 0.62])])}
+    text, report = fidelity.format_report(cells, "", tol=0.005, reference=ref, ref_tol=0.02)
+    got = {c["check"]: (c["holds"], c["detail"]) for c in report["reference_checks"]}
+    ce = got["clean: ce at or above DivideMix's own loop, cross-entropy (tolerance 2.0 points)"]
+    gmm = got["clean: gmm at or above DivideMix's own loop, one network (tolerance 2.0 points)"]
+    assert ce[0] is True and "60.00 vs 61.00" in ce[1]  # 1 point below: within the tolerance
+    assert gmm[0] is False and "62.00 vs 66.00" in gmm[1]  # 4 points below: a fault
+    assert "| clean  | one network   | 2/2    | 66.00  | 66.00  | clean-1.json |" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "other.json").write_text("[1, 2]")
+    with pytest.raises(fidelity.ConfigError, match="no JSON table"):
+        fidelity.read_reference(empty)
+    with pytest.raises(fidelity.ConfigError, match="not a folder"):
+        fidelity.read_reference(tmp_path / "missing")
+
+
 def test_a_grid_cut_short_is_compared_at_the_epoch_both_cells_reached():
     # ce finished 3 epochs, gmm only 2 (warm-up + one SSL epoch), easy only its warm-up
     cells = {
