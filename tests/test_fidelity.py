@@ -166,6 +166,20 @@ def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
     assert sum("skip" in str(m) for m in logs) == 4
     with pytest.raises(Exception, match="unknown 'sgd'"):
         fidelity.run("digits-quick", sets, tmp_path, variants=("sgd",), log=lambda *a: None)
+    # the command line's --report-only --reference: the grid as it is, beside a reference table
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    rows = [{"epoch": 1, "test_acc": 10.0}, {"epoch": 2, "test_acc": 100.0}]  # no real run reaches 100%
+    (ref / "clean-1.json").write_text(json.dumps({"args": {"labels": "clean", "nets": 1, "epochs": 2}, "rows": rows}))
+    argv = ["fidelity", "--params", "digits-quick", "--out", str(tmp_path), "--variants", "ce,gmm", "--report-only",
+            "--reference", str(ref)] + [a for kv in sets for a in ("--set", kv)]
+    from hallnll.cli import main as cli_main
+
+    assert cli_main(argv) == 0
+    saved = json.loads((tmp_path / "fidelity.json").read_text())
+    (check,) = saved["reference_checks"]
+    assert check["check"].startswith("clean: gmm at or above DivideMix's own loop") and check["holds"] is False
+    assert saved["checks"] == rep["checks"]  # nothing re-run
 
 
 # A small clean CIFAR-10 subset (the JPEG q75 copy beside the repository):
