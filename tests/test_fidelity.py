@@ -123,6 +123,12 @@ def test_reference_tables_are_read_and_checked_against_ce_and_gmm(tmp_path):
     assert ce[0] is True and "60.00 vs 61.00" in ce[1]  # 1 point below: within the tolerance
     assert gmm[0] is False and "62.00 vs 66.00" in gmm[1]  # 4 points below: a fault
     assert "| clean  | one network   | 2/2    | 66.00  | 66.00  | clean-1.json |" in text
+    # a grid cut short in its warm-up: gmm has no MixMatch epoch to compare yet, ce has
+    short = {("clean", "ce"): fidelity.Cell("clean", "ce", [_hist([0.5], "ce")], planned=2),
+             ("clean", "gmm"): fidelity.Cell("clean", "gmm", [[{"epoch": 1, "phase": "warmup", "test_acc": 0.5}]],
+                                             planned=2)}
+    _, rep = fidelity.format_report(short, "", reference=ref)
+    assert [c["check"].split(" at or")[0] for c in rep["reference_checks"]] == ["clean: ce"]
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "other.json").write_text("[1, 2]")
