@@ -135,6 +135,19 @@ def cell_summary(cell: Cell) -> dict:
     return out
 
 
+def _where(e: int, planned: int) -> str:
+    """The epoch two runs are compared at, and "partial" where one had more planned."""
+    return f"epoch {e}" + (f", partial: {planned} planned" if planned and e < planned else "")
+
+
+def _checklist(res: list) -> str:
+    return "\n".join(f"- [{'x' if ok else ' '}] {d}: {detail}" for d, ok, detail in res)
+
+
+def _check_records(res: list) -> list:
+    return [{"check": d, "holds": ok, "detail": det} for d, ok, det in res]
+
+
 def checks(summaries: dict, tol: float = 0.005) -> list:
     """The paper's expectations as ``(description, holds, detail)``; see the module docstring.
 
@@ -152,14 +165,11 @@ def checks(summaries: dict, tol: float = 0.005) -> list:
             return None  # nothing told apart yet: the variants share the warm-up
         return s["per_epoch"][e - 1], s["per_epoch_std"][e - 1] or 0.0, e, max(s["planned"], o["planned"])
 
-    def where(e, planned):
-        return f"epoch {e}" + (f", partial: {planned} planned" if planned and e < planned else "")
-
     for v in SSL_VARIANTS:
         a, c = at("clean", v, ("clean", "ce")), at("clean", "ce", ("clean", v))
         if a and c:
             out.append((f"clean: {v} ends at or above ce (tolerance {100 * tol:.1f} points)", a[0] >= c[0] - tol,
-                        f"{100 * a[0]:.2f} vs {100 * c[0]:.2f} ({100 * (a[0] - c[0]):+.2f}; {where(a[2], a[3])})"))
+                        f"{100 * a[0]:.2f} vs {100 * c[0]:.2f} ({100 * (a[0] - c[0]):+.2f}; {_where(a[2], a[3])})"))
     order = [("ce", "gmm", "<"), ("gmm", "easy", "<"), ("easy", "hallnll", "<=")]
     for lo, hi, rel in order:
         a, b = at("noisy", lo, ("noisy", hi)), at("noisy", hi, ("noisy", lo))
@@ -169,7 +179,7 @@ def checks(summaries: dict, tol: float = 0.005) -> list:
         holds = (b[0] - a[0] > margin) if rel == "<" else (b[0] - a[0] >= -margin)
         spread = f", seed spread {100 * margin:.2f}" if margin else ""
         out.append((f"noisy: {lo} {rel} {hi}", holds,
-                    f"{100 * a[0]:.2f} vs {100 * b[0]:.2f} ({100 * (b[0] - a[0]):+.2f}{spread}; {where(a[2], a[3])})"))
+                    f"{100 * a[0]:.2f} vs {100 * b[0]:.2f} ({100 * (b[0] - a[0]):+.2f}{spread}; {_where(a[2], a[3])})"))
     return out
 
 
@@ -214,10 +224,10 @@ def reference_checks(summaries: dict, reference: dict, ref_tol: float = 0.02) ->
             if v != "ce" and s["phases"][e - 1] == "warmup":
                 continue  # no MixMatch epoch to compare yet
             ours, theirs = s["per_epoch"][e - 1], r["per_epoch"][e - 1]
-            part = f", partial: {max(s['planned'], r['planned'])} planned" if e < max(s["planned"], r["planned"]) else ""
             out.append((f"{lab}: {v} at or above DivideMix's own loop, {REFERENCE_LOOPS[nets]} (tolerance "
                         f"{100 * ref_tol:.1f} points)", ours >= theirs - ref_tol,
-                        f"{100 * ours:.2f} vs {100 * theirs:.2f} ({100 * (ours - theirs):+.2f}; epoch {e}{part})"))
+                        f"{100 * ours:.2f} vs {100 * theirs:.2f} ({100 * (ours - theirs):+.2f}; "
+                        f"{_where(e, max(s['planned'], r['planned']))})"))
     return out
 
 
@@ -266,8 +276,7 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: 
                  + _table(rows, ["labels", "variant", "seeds", "epochs", "best %", "last %"]
                           + [c for c, _ in SELECTION_KEYS.values()] + ["seconds"]))
     res = checks(summaries, tol)
-    parts.append("Checks (the paper's expectations):\n\n"
-                 + "\n".join(f"- [{'x' if ok else ' '}] {d}: {detail}" for d, ok, detail in res))
+    parts.append("Checks (the paper's expectations):\n\n" + _checklist(res))
     ref_res = []
     if reference:
         rows = [[lab, REFERENCE_LOOPS[n], f"{r['epochs']}/{r['planned']}", _pct(max(r["per_epoch"])),
@@ -276,10 +285,9 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: 
                      + _table(rows, ["labels", "loop", "epochs", "best %", "last %", "file"]))
         ref_res = reference_checks(summaries, reference, ref_tol)
         parts.append("Checks against DivideMix's own loop (an implementation fault, at any scale):\n\n"
-                     + "\n".join(f"- [{'x' if ok else ' '}] {d}: {detail}" for d, ok, detail in ref_res))
-    report = {"summaries": [summaries[k] for k in keys], "checks": [{"check": d, "holds": ok, "detail": det}
-                                                                    for d, ok, det in res],
-              "reference_checks": [{"check": d, "holds": ok, "detail": det} for d, ok, det in ref_res],
+                     + _checklist(ref_res))
+    report = {"summaries": [summaries[k] for k in keys], "checks": _check_records(res),
+              "reference_checks": _check_records(ref_res),
               "reference": {f"{lab}/{n}": r for (lab, n), r in (reference or {}).items()},
               "per_epoch": {f"{lab}/{v}": [[r["test_acc"] for r in h] for h in cells[(lab, v)].seeds]
                             for lab, v in keys}}
