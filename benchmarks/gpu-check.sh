@@ -19,11 +19,8 @@
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu-check.sh OUTDIR [--dry-run]}
 mode=${2:-}
-here=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-cd "$here"
-export PYTHONPATH=$here${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup "$out"
 runs=$(mktemp -d)
 budget=${FIDELITY_SECONDS:-420}
 if [ "$mode" = "--dry-run" ]; then
@@ -32,9 +29,7 @@ if [ "$mode" = "--dry-run" ]; then
   bench=(--set dataset=digits --set arch=small_cnn --epochs 1)
   note="digits (dry run)"
 else
-  if [ ! -d /tmp/c10/cifar-10-batches-py ]; then
-    python3 .data/materialize_cifar10.py .data/cifar10-jpeg /tmp/c10 || exit 1
-  fi
+  materialize_c10 || exit 1
   params=cifar10-cbased-40
   sets=(--set data_root=/tmp/c10 --set arch=preact_resnet18 --set epochs=30 --set warmup_epochs=10
         --set lr_decay_epoch=25 --set checkpoint_every=1)

@@ -12,11 +12,8 @@
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu-reference.sh OUTDIR [--dry-run]}
 mode=${2:-}
-here=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-cd "$here"
-export PYTHONPATH=$here${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup "$out"
 labels=.data/noisy-labels/cifar10-classification-idn/dependent0.4.csv
 if [ "$mode" = "--dry-run" ]; then
   root=${C10:-/tmp/c10}
@@ -24,9 +21,7 @@ if [ "$mode" = "--dry-run" ]; then
   args=(--device cpu --set train_subset=600 --set test_subset=300 --set width=8 --epochs 3 --warm-up 2 --decay 2)
 else
   root=/tmp/c10
-  if [ ! -d /tmp/c10/cifar-10-batches-py ]; then
-    python3 .data/materialize_cifar10.py .data/cifar10-jpeg /tmp/c10 || exit 1
-  fi
+  materialize_c10 || exit 1
   nvidia-smi --query-gpu=name,memory.total --format=csv > "$out/gpu.txt" 2>&1 || true
   args=(--device cuda --set train_subset=0 --set test_subset=0 --set width=0 --epochs 30 --warm-up 10 --decay 25)
 fi

@@ -31,6 +31,7 @@ OUT=${1:?usage: benchmarks/gpu-speed.sh [--dry-run] OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
+source benchmarks/gpu-common.sh  # materialize_c10
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 T0=$(date +%s)
@@ -52,9 +53,7 @@ if [ $DRY = 1 ]; then
     LEVER_ARGS=(--set bench.warmup=0 --epochs 1)
     ARCH=()
 else
-    if [ ! -f /tmp/c10/cifar-10-batches-py/data_batch_5 ]; then
-        $PY .data/materialize_cifar10.py .data/cifar10-jpeg /tmp/c10 || { echo "materialize failed: stage .data first"; exit 2; }
-    fi
+    materialize_c10 "$PY" || { echo "materialize failed: stage .data first"; exit 2; }
     COMMON=(--params cifar10-cbased-40 --set data_root=/tmp/c10 --set progress=false)
     R34=(--set bench.sync_check=true --set bench.warmup=1 --epochs 1)
     TRAIN=(cifar10-cbased-40 --set data_root=/tmp/c10 --set arch=preact_resnet18 --set epochs=4
