@@ -27,10 +27,14 @@ class DeviceImages:
         return self.x.shape[0]
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
+        """Float batch in the memory format the run asks for: channels_last when it is
+        on, contiguous NCHW otherwise. Stated explicitly, because the augmented gather
+        (:func:`augment_apply`) returns an NCHW view with channels-last strides, and
+        elementwise ops keep those strides: oneDNN's AVX2 convolution kernels crash on
+        such a batch for narrow models (width 4; the any-CPU issue)."""
         out = (xb.float() - self.mean) / self.std
-        if self.channels_last:
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return out.contiguous(memory_format=fmt)
 
     def batch(self, idx: torch.Tensor, augment: bool = False, padding: int = 4, hflip: bool = True,
               generator: torch.Generator | None = None) -> torch.Tensor:
@@ -78,7 +82,8 @@ def augment_apply(xb: torch.Tensor, draws: tuple, padding: int = 4) -> torch.Ten
         if flip is not None:
             cols = torch.where(flip[:, None], cols.flip(1), cols)
         bi = torch.arange(b, device=dev)[:, None, None]
-        # padded[b, :, rows[b, i], cols[b, j]] -> [B, H, W, C]
+        # padded[b, :, rows[b, i], cols[b, j]] -> [B, H, W, C]; returned as an NCHW
+        # view with channels-last strides: DeviceImages.normalize sets the format
         out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]
         return out.permute(0, 3, 1, 2)
     if flip is not None:
