@@ -1,5 +1,6 @@
 """The files the package ships beside its code: the params files (one per
-column of Table 6, and the digits default) and the notebooks.
+column of Table 6, and the digits default), the digits default's noisy labels
+(``params/digits-cbased-40.csv``) and the notebooks.
 
 In a source checkout they are the repository's ``params/`` and ``notebooks/``
 folders, the ones the README shows; a wheel (``pip install .``) carries the
@@ -57,3 +58,15 @@ def params_path(name) -> Path:
         return shipped("params", str(name))
     except FileNotFoundError:
         return p  # the caller reports the missing file
+
+
+def data_file(name) -> Path:
+    """A file a params file names (``noise_file``): ``name`` itself when that path
+    exists, else the file of that name shipped beside the params files (so the
+    digits default's ``noise_file: digits-cbased-40.csv`` is found from any folder
+    and after a plain ``pip install .``); else ``name`` (the caller reports it missing)."""
+    p = Path(name).expanduser()
+    if p.is_file() or not str(name):
+        return p
+    beside = folder("params") / p.name
+    return beside if p.name == str(name) and beside.is_file() else p

@@ -3,6 +3,7 @@ the generators, the classifier and the label files, and their report."""
 from __future__ import annotations
 
 from ..data.cifar_n import load_cifar_n
+from ..resources import data_file
 from ..data.sources import ImageData
 from .classifier import average_softmax, noise_device
 from .files import load_label_csv
@@ -43,6 +44,6 @@ def make_noisy_labels(cfg, data: ImageData, device=None, progress: bool = True):
                               f"cifar-n {cfg.cifar_n}").cpu()
         target, seed_out, note = None, None, f"CIFAR-N {cfg.cifar_n} labels from {cfg.cifar_n_file}"
     else:  # file
-        _, noisy = load_label_csv(cfg.noise_file, c, clean)
+        _, noisy = load_label_csv(data_file(cfg.noise_file), c, clean)
         target, seed_out, note = None, None, f"labels from {cfg.noise_file}"
     return noisy, report(clean, noisy, c, kind, target, seed_out, note)
