@@ -1,5 +1,5 @@
-"""A plain (non-editable) ``pip install .`` carries the params files and the notebooks
-the commands read, found from any working folder through hallnll.resources."""
+"""A plain (non-editable) ``pip install .`` carries the params files, the digits
+default's labels and the notebooks the commands read, found from any working folder through hallnll.resources."""
 from __future__ import annotations
 
 import os
@@ -38,12 +38,16 @@ def test_wheel_ships_params_and_notebooks(installed, tmp_path):
             "print(sorted(p.name for p in R.folder('params').glob('*.yaml')))\n"
             "print(sorted(p.name for p in R.folder('notebooks').glob('*.ipynb')))\n"
             "from hallnll import load_config\n"
-            "print(load_config('params/digits-quick.yaml').name, load_config('cifar10-cbased-40').name)\n")
+            "print(load_config('params/digits-quick.yaml').name, load_config('cifar10-cbased-40').name)\n"
+            "from hallnll.noise import load_label_csv\n"
+            "print(R.data_file('digits-cbased-40.csv'), len(load_label_csv(R.data_file('digits-cbased-40.csv'))[1]))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(installed)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    module, params_dir, params, notebooks, names = proc.stdout.splitlines()
+    module, params_dir, params, notebooks, names, labels = proc.stdout.splitlines()
     assert module.startswith(str(installed)) and params_dir.startswith(str(installed))
     assert params == str(sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
     assert notebooks == str(sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
     assert names == "digits-quick cifar10-cbased-40"
+    # the digits default's labels ship too, found by name from any folder
+    assert labels.startswith(str(installed)) and labels.endswith("digits-cbased-40.csv 1347")
