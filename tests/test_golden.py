@@ -1,15 +1,28 @@
-"""Behaviour is pinned: the same seed gives the same metrics.jsonl (timings aside).
+"""Behaviour is pinned, on every CPU.
 
-``tests/golden/digits_metrics.json`` was written by ``tests/golden/make_golden.py``:
-a 6-epoch digits run (3 warm-up, 3 SSL) of each variant, one torch thread.
-First made before the core was restructured into :class:`hallnll.run.Run`
-(which reproduced it digit for digit); regenerated on 2026-11-26 for the
-intended changes of issue 8: BatchNorm statistics re-estimated after every
-training epoch and the per-epoch diagnostics (new keys). The warm-up and
-``ce`` losses are unchanged; the SSL epochs' are not, because the per-sample
-losses of the GMM (Eq. 1) are computed in eval mode, now with statistics that
-describe the weights.
-Regenerate it only for an intended change of behaviour, and say so.
+``tests/golden/`` was written by ``tests/golden/make_golden.py`` (one torch
+thread) on the digits default with its shipped labels
+(``params/digits-cbased-40.csv``), so no label is re-derived by training.
+
+Float results depend on the CPU's kernels: the same seed on an AVX-512 and an
+AVX2 CPU (or with ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` set) agrees
+to ~1e-4 after one warm-up epoch, and the small-batch training of the 6-epoch
+run amplifies that into chaos: test accuracy 1-5 points apart by epoch 6, the
+easy set 64 samples apart. No tolerance wide enough for that still catches a
+change of the method, so the golden comparison is made of three parts:
+
+- **every CPU**: the first SSL epoch of gmm / easy / hallnll, continued from the
+  stored warm-up state (``digits_warmup.pt``: fixed weights, so no chaos
+  before it), against the golden epoch within ``TOL``, the spread measured
+  across CPU kernel sets, with margin. A change of Eq. 1, Eq. 2, §3.3 or Eq. 3
+  moves it further than that (``make_golden.py``'s docstring; the note of the
+  any-CPU issue has the planted changes that fail it).
+- **every CPU, exactly**: a resumed run equals the uninterrupted one, and two
+  runs of one seed are the same, bit for bit.
+- **the recorded CPU kind** (``cpu`` in the golden file): the whole 6-epoch
+  run of every variant, to 1e-6. Elsewhere that comparison is skipped, saying so.
+
+Regenerate the files only for an intended change of behaviour, and say so.
 """
 from __future__ import annotations
 
@@ -20,15 +33,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from hallnll import load_config
-from hallnll.train import fit, prepare
+from hallnll.train import fit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "golden"))
-from make_golden import GOLDEN, OVERRIDES, PARAMS, VARIANTS, rows_without_timings  # noqa: E402
+from make_golden import (GOLDEN, SSL_VARIANTS, VARIANTS, WARMUP, cpu_kind, first_ssl_epoch,  # noqa: E402
+                         rows_without_timings, setting as golden_setting)
 
 pytestmark = pytest.mark.skipif(torch.get_num_threads() != 1,
                                 reason="the golden metrics were made with one torch thread")
+
+#: the first SSL epoch from the stored warm-up state, on every CPU. Measured across CPU
+#: kernel sets on 2026-12-01 (ATen avx2 + oneDNN AVX2, ATen default + oneDNN SSE4.1, oneDNN
+#: off; the any-CPU issue's note): the same labeled and clean-hard sets and labels, losses
+#: within 1.2e-4 relative (l_mse; 3e-5 for l_ce), accuracies within 0.0022 (1 of 450 test
+#: images). The bounds: about 10x the losses' and 4x the accuracies' spread; sets and labels
+#: may differ by 2% / 0.5% of their members. A planted lambda_p 0.6 -> 0.5 moves hal_loss
+#: by 7% and the clean-hard set by 12 of 85; a K-vote that keeps the least similar anchors
+#: moves 14 labels and the clean-hard precision by 0.08.
+TOL = {"rel": 1e-3, "abs": 0.01, "set": 0.02, "labels": 0.005}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +60,20 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def setting(golden):
-    cfg = load_config(PARAMS, OVERRIDES)
-    data, noisy, _ = prepare(cfg, progress=False)
-    return cfg, data, noisy
+def setting():
+    return golden_setting()
+
+
+@pytest.fixture(scope="module")
+def runs(setting, tmp_path_factory):
+    """The 6-epoch run of every variant on this machine (metrics rows, timings aside)."""
+    cfg, data, noisy = setting
+    out = {}
+    for v in VARIANTS:
+        d = tmp_path_factory.mktemp(v)
+        fit(cfg.replace(variant=v), d, data=data, noisy=noisy)
+        out[v] = rows_without_timings(d / "metrics.jsonl")
+    return out
 
 
 def _same(rows, want):
@@ -54,20 +87,57 @@ def _same(rows, want):
                 assert got[k] == v, (got["epoch"], k)
 
 
-def test_noisy_labels_are_the_golden_ones(golden, setting):
-    assert "".join(map(str, setting[2].tolist())) == golden["noisy"]
+def _close(got: dict, want: dict, what: str) -> None:
+    """The first-SSL-epoch comparison within TOL (see the module docstring)."""
+    row, exp = got["row"], want["row"]
+    assert sorted(row) == sorted(exp), (row.keys(), exp.keys())
+    for k, v in exp.items():
+        if v is None or isinstance(v, str) or k in ("epoch", "lr"):
+            assert row[k] == v, (what, k)
+        elif isinstance(v, int):  # counts: as the sets below
+            assert abs(row[k] - v) <= max(2, TOL["set"] * v), (what, k, row[k], v)
+        elif k.startswith(("train_loss", "l_", "hal_")):
+            assert row[k] == pytest.approx(v, rel=TOL["rel"], abs=1e-6), (what, k)
+        else:  # shares, precisions, accuracies, similarities
+            assert abs(row[k] - v) <= TOL["abs"], (what, k, row[k], v)
+    for key in ("labeled", "clean_hard"):
+        a, b = set(got[key]), set(want[key])
+        assert len(a ^ b) <= max(2, TOL["set"] * len(b)), (what, key, len(a ^ b), len(b))
+    differ = sum(x != y for x, y in zip(got["train_labels"], want["train_labels"]))
+    assert differ <= max(2, TOL["labels"] * len(want["train_labels"])), (what, "train_labels", differ)
+
+
+def test_the_default_trains_on_the_shipped_labels(golden, setting):
+    """The digits default reads params/digits-cbased-40.csv: the same labels on every machine."""
+    cfg, _, noisy = setting
+    assert cfg.noise == "file" and cfg.noise_file == "digits-cbased-40.csv"
+    assert "".join(map(str, noisy.tolist())) == golden["noisy"]
+
+
+@pytest.mark.parametrize("variant", SSL_VARIANTS)
+def test_the_first_ssl_epoch_from_the_stored_warmup_is_the_golden_one(golden, setting, variant):
+    cfg, data, noisy = setting
+    warmup = torch.load(WARMUP, weights_only=False)
+    _close(first_ssl_epoch(cfg, data, noisy, warmup, variant), golden["first_ssl_epoch"][variant], variant)
+
+
+def test_two_runs_of_one_seed_are_the_same(setting, runs, tmp_path):
+    cfg, data, noisy = setting
+    fit(cfg.replace(variant="hallnll"), tmp_path, data=data, noisy=noisy)
+    assert rows_without_timings(tmp_path / "metrics.jsonl") == runs["hallnll"]
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one(setting, runs, tmp_path):
+    cfg, data, noisy = setting
+    # stops after the first SSL epoch, before the decay at 5 (lr_decay_epoch=0: none in this part)
+    fit(cfg.replace(variant="hallnll", epochs=4, lr_decay_epoch=0), tmp_path, data=data, noisy=noisy)
+    fit(cfg.replace(variant="hallnll"), tmp_path, data=data, noisy=noisy)
+    assert rows_without_timings(tmp_path / "metrics.jsonl") == runs["hallnll"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_metrics_equal_the_golden_run(golden, setting, variant, tmp_path):
-    cfg, data, noisy = setting
-    fit(cfg.replace(variant=variant), tmp_path, data=data, noisy=noisy)
-    _same(rows_without_timings(tmp_path / "metrics.jsonl"), golden["metrics"][variant])
-
-
-def test_a_resumed_run_equals_the_golden_run(golden, setting, tmp_path):
-    cfg, data, noisy = setting
-    # stops after the first SSL epoch, before the decay at 5 (lr_decay_epoch=0: none in this part)
-    fit(cfg.replace(epochs=4, lr_decay_epoch=0), tmp_path, data=data, noisy=noisy)
-    fit(cfg, tmp_path, data=data, noisy=noisy)
-    _same(rows_without_timings(tmp_path / "metrics.jsonl"), golden["metrics"]["hallnll"])
+def test_metrics_equal_the_golden_run_on_its_cpu_kind(golden, runs, variant):
+    if cpu_kind() != golden["cpu"]:
+        pytest.skip(f"the 6-epoch golden run was made on {golden['cpu']}, this is {cpu_kind()}: "
+                    f"float drift of other kernels grows chaotically there (the first SSL epoch is compared instead)")
+    _same(runs[variant], golden["metrics"][variant])
