@@ -171,3 +171,18 @@ def test_lr_decay_epoch_lies_below_epochs_or_is_zero_for_none(digits_cbased40, t
     flat = fit(short(cfg, variant="ce", epochs=3, warmup_epochs=0, lr_decay_epoch=0), data=data, noisy=noisy)
     assert [r["lr"] for r in step.history] == pytest.approx([cfg.lr, cfg.lr, cfg.lr / 10])
     assert [r["lr"] for r in flat.history] == pytest.approx([cfg.lr] * 3)
+
+
+def test_quickstart_runs_the_four_variants_side_by_side_and_prints_their_table(tmp_path, capsys):
+    """`hallnll quickstart` (its schedule cut to 3 epochs here): two worker processes, one table."""
+    rc = cli_main(["quickstart", "--out", str(tmp_path), "--no-progress", "--parallel", "2",
+                   "--set", "epochs=3", "--set", "warmup_epochs=2", "--set", "lr_decay_epoch=0"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    table = [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["ce"], ["gmm"], ["easy"], ["hallnll"])]
+    assert table == ["ce", "gmm", "easy", "hallnll"]
+    assert "digits-cbased-40.csv" in out and "3 epochs" in out
+    for v in ("ce", "gmm", "easy", "hallnll"):
+        rows = [json.loads(line) for line in (tmp_path / v / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1, 2, 3] and (rows[-1]["phase"] == "ssl") == (v != "ce")
+    assert (tmp_path / "quickstart_accuracy.png").is_file() and (tmp_path / "quickstart_correction.png").is_file()
