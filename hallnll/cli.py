@@ -111,6 +111,8 @@ def folder_config(train_csv, test_csv=None, params=None, overrides=()):
     if "cpu_bf16" not in given and resolve_device(cfg.device).type == "cpu" and cpu_has_amx():
         changes["cpu_bf16"] = True  # bf16 autocast on AMX units: 2.3x (config.py, cpu_bf16)
     rows = _read_path_label_csv(Path(train_csv))
+    if test_csv:
+        _read_path_label_csv(Path(test_csv))  # read now: a bad test CSV is said before the header line
     if "batch_size" not in given:
         # a small set still gets at least 10 optimiser steps per epoch in each run
         per_run = len(rows) * (cfg.label_folds - 1) // cfg.label_folds if cfg.label_folds else len(rows)

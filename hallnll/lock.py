@@ -13,15 +13,16 @@ same folder gets one :class:`FolderBusy` at once naming the holder. The kernel
 releases a flock when its process dies (``kill -9`` included), so a lock file
 left by a dead process is free: it is taken over, no stale-lock cleanup needed;
 where the lock is held but its holder is a dead PID on this host (a file system
-whose locks outlived the process), the message says so. The lock file stays in
-the folder (empty when free): removing it would let a process that opened it
-just before lock another inode than the next one. Within one process the lock
+whose locks outlived the process), the message says so. The holder removes the
+lock file when it is done; a process that locked a file just removed (it opened
+it a moment before) sees that the path no longer names its file and tries
+again, so two processes never hold two files of one folder. Within one process the lock
 is re-entrant (``train --seeds`` holds OUT, each seed's ``fit`` its own
 folder; ``jobs.execute`` holds a job's folder and ``fit`` inside it asks
 again); a child process that a holder starts for the same folder (a notebook
 kernel) finds it in ``HALLNLL_HELD_LOCKS`` and does not ask again. Where the
-lock made the folder and the block fails with the folder still empty, both are
-removed: a refused run leaves nothing behind.
+lock made the folder and the block fails with the folder still empty, the
+folder is removed too: a refused run leaves nothing behind.
 
 Without ``fcntl`` (Windows) runs are not locked.
 """
@@ -139,14 +140,22 @@ def folder_lock(folder, what: str = "--out", wait: float = 0.0):
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait
     while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # its holder removed it as we locked it: take the folder's current file
+            continue
+        except BlockingIOError:
             if time.monotonic() < deadline:
+                os.close(fd)
                 time.sleep(0.2)
                 continue
             os.close(fd)
@@ -166,9 +175,8 @@ def folder_lock(folder, what: str = "--out", wait: float = 0.0):
     finally:
         del _held[key]
         try:
-            os.ftruncate(fd, 0)
-            if failed and created and [e.name for e in folder.iterdir()] == [LOCK_NAME]:
-                path.unlink()
+            path.unlink()  # while still held (see the module docstring)
+            if failed and created and not any(folder.iterdir()):
                 folder.rmdir()
         except OSError:
             pass

@@ -82,7 +82,21 @@ def test_a_busy_folder_is_refused_at_once_naming_its_holder_and_a_dead_holder_fr
         holder.wait()
     with folder_lock(out):  # the dead holder's lock file is free: taken over
         assert f"pid={os.getpid()}" in (out / LOCK_NAME).read_text()
-    assert (out / LOCK_NAME).read_text() == ""  # released
+    assert not (out / LOCK_NAME).exists()  # released: the holder removes its file
+
+
+def test_two_processes_never_hold_one_folder_at_once(tmp_path):
+    """Two processes take and release the lock of one folder 200 times each, adding one to a
+    counter file (read, then write) under it: no update is lost, the lock file goes with its holder."""
+    code = ("import sys; from pathlib import Path; from hallnll.lock import folder_lock\n"
+            "out = Path(sys.argv[1])\n"
+            "for _ in range(200):\n"
+            "    with folder_lock(out, wait=60):\n"
+            "        c = out / 'count'; n = int(c.read_text()) if c.exists() else 0; c.write_text(str(n + 1))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], env=ENV) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert (tmp_path / "run" / "count").read_text() == "400"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["count"]
 
 
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, capsys):
@@ -178,12 +192,12 @@ def test_ctrl_c_then_the_same_command_resumes_saying_so_then_does_no_work(tmp_pa
     assert cli_main(short) == 0
     assert f"resuming {out} from epoch {done} of {done + 1}" in capsys.readouterr().err
     # finished: nothing runs, no noise is made, no file is rewritten, and it says where the results are
-    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_NAME}
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     monkeypatch.setattr(T, "make_noisy_labels", lambda *a, **k: pytest.fail("noise made again"))
     assert cli_main(short) == 0
     cap = capsys.readouterr()
     assert "finished already" in cap.err and f"the results are in {out}/" in cap.out
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != LOCK_NAME} == stamps
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
 # ---------------------------------------------------------------- images
@@ -240,6 +254,12 @@ def test_fit_folder_refuses_one_class_and_classes_smaller_than_the_folds_up_fron
     assert cli_main(["fit-folder", str(rare), "--out", str(out), "--set", "threads=1"]) == 2
     line = _one_error(capsys.readouterr().err)
     assert "label_folds=2" in line and "'dog': 1" in line and "label_folds=0" in line
+    (tmp_path / "latin.csv").write_bytes("path,label\n0.png,chat\xe9\n1.png,dog\n".encode("latin-1"))
+    for argv, match in ((["latin.csv"], "is not UTF-8 text (byte 21)"), (["rare.csv", "--test", "."], "is a folder"),
+                        (["rare.csv", "--test", "nope.csv"], "not found"), ([str(tmp_path)], "is a folder")):
+        argv = [str(tmp_path / a) if a.endswith(".csv") or a == "." else a for a in argv]
+        assert cli_main(["fit-folder", *argv, "--out", str(out)]) == 2
+        assert match in _one_error(capsys.readouterr().err)
     assert not out.exists()
 
 

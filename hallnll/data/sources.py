@@ -146,8 +146,17 @@ def load_cifar(name: str = "cifar10", root=".data", download: bool = True) -> Im
 
 def _read_path_label_csv(csv_path: Path) -> list:
     """Rows ``(path as written, label trimmed, 1-based line number)`` of a ``path,label`` CSV."""
+    if csv_path.is_dir():
+        raise DataError(f"folder: labels CSV {str(csv_path)!r} is a folder; give the CSV file (columns path,label)")
     if not csv_path.is_file():
         raise DataError(f"folder: labels CSV {str(csv_path)!r} not found; give a CSV with columns path,label")
+    try:
+        return _read_rows(csv_path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"folder: {str(csv_path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def _read_rows(csv_path: Path) -> list:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
