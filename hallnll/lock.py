@@ -156,7 +156,7 @@ def folder_lock(folder, what: str = "--out", wait: float = 0.0):
         except BlockingIOError:
             if time.monotonic() < deadline:
                 os.close(fd)
-                time.sleep(0.2)
+                time.sleep(0.05)
                 continue
             os.close(fd)
             raise FolderBusy(f"{what} {str(folder)!r} is in use by another hallnll run ({_describe(holder(folder))}); "
