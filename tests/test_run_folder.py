@@ -275,7 +275,7 @@ def _bad_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["train", "train-seeds", "fit-folder", "reproduce", "reproduce-runs", "noise",
-                                     "quickstart"])
+                                     "quickstart", "fidelity", "bench"])
 def test_an_output_that_cannot_be_written_is_one_error_before_any_work(command, tmp_path, capsys):
     for bad, why in _bad_outputs(tmp_path):
         argv = {"train": ["train", "digits-quick", "--out", str(bad)],
@@ -285,8 +285,10 @@ def test_an_output_that_cannot_be_written_is_one_error_before_any_work(command, 
                 "reproduce-runs": ["reproduce", "table5", "--runs", str(bad), "--results", str(tmp_path / "res")],
                 "noise": ["noise", "digits-quick", "--out", str(bad / "x.csv" if why == "cannot be written" else bad)],
                 # (noise --out an existing file writes over it; a folder is its "wrong kind")
-                "quickstart": ["quickstart", "--out", str(bad)]}[command]
-        if command == "noise" and bad.name == "a_file":
+                "quickstart": ["quickstart", "--out", str(bad)],
+                "fidelity": ["fidelity", "--out", str(bad)],
+                "bench": ["bench", "--json", str(bad / "b.json" if why == "cannot be written" else bad)]}[command]
+        if command in ("noise", "bench") and bad.name == "a_file":
             argv[-1] = str(bad := tmp_path)
         t0 = time.perf_counter()
         assert cli_main(argv) == 2, (command, bad)
