@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-import hallnll.reporting as reporting
 import hallnll.train as T
 from hallnll import load_config
 from hallnll.cli import main as cli_main
