@@ -858,6 +858,9 @@ def main(args) -> int:
     params = getattr(args, "params", None)
     epochs = int(getattr(args, "epochs", 3) or 3)
     json_path = getattr(args, "json", None) or "bench.json"
+    from .lock import check_output
+
+    check_output(json_path, "file", "--json")  # before minutes of timing
     levers = getattr(args, "levers", None)
     if levers:
         names = None if levers == "all" else [x.strip() for x in levers.split(",") if x.strip()]

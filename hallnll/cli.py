@@ -8,8 +8,9 @@
     hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N] [--levers [NAMES]]
     hallnll fidelity [--params P] [--set k=v ...] [--seeds N] [--parallel N] [--out DIR]
 
-Errors in the input (config, data, labels) print one line ``error: ...`` and
-exit with status 2 before anything is written.
+Errors in the input (output location first, then config, data, labels) print
+one line ``error: ...`` and exit with status 2 before anything is written;
+Ctrl-C prints "interrupted — run the same command to resume" (status 130).
 """
 from __future__ import annotations
 
@@ -29,9 +30,18 @@ QUICKSTART_SCHEDULE = ("epochs=30", "lr_decay_epoch=22")
 def _input_errors():
     from .data import DataError
     from .noise import NoiseError
+    from .lock import OutputError
     from .train import CheckpointError
 
-    return ConfigError, DataError, NoiseError, CheckpointError
+    return ConfigError, DataError, NoiseError, CheckpointError, OutputError
+
+
+def _counts(args) -> None:
+    """``--seeds`` / ``--parallel`` are positive counts."""
+    for name in ("seeds", "parallel"):
+        v = getattr(args, name, None)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name} {v}: give a whole number of at least 1")
 
 
 def _table(rows, headers) -> str:
@@ -49,10 +59,12 @@ def _fmt(x, pct=True):
 
 
 def cmd_train(args) -> int:
+    from .lock import check_output
     from .train import fit
 
+    out = check_output(args.out)
+    _counts(args)
     cfg = load_config(args.params, args.set)
-    out = Path(args.out)
     if args.seeds > 1 or args.parallel > 1:
         from .jobs import run_seeds
 
@@ -65,7 +77,10 @@ def cmd_train(args) -> int:
     s = res.summary
     print(_table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
                  ["variant", "best %", "last %", "epochs", "seconds"]))
-    print(f"wrote {out}/config.yaml, metrics.jsonl, summary.json, labels.csv, checkpoint.pt")
+    if res.finished_before:
+        print(f"finished already: the results are in {out}/ (summary.json, labels.csv, metrics.jsonl)")
+    else:
+        print(f"wrote {out}/config.yaml, metrics.jsonl, summary.json, labels.csv, checkpoint.pt")
     return 0
 
 
@@ -100,6 +115,8 @@ def folder_config(train_csv, test_csv=None, params=None, overrides=()):
     if "cpu_bf16" not in given and resolve_device(cfg.device).type == "cpu" and cpu_has_amx():
         changes["cpu_bf16"] = True  # bf16 autocast on AMX units: 2.3x (config.py, cpu_bf16)
     rows = _read_path_label_csv(Path(train_csv))
+    if test_csv:
+        _read_path_label_csv(Path(test_csv))  # read now: a bad test CSV is said before the header line
     if "batch_size" not in given:
         # a small set still gets at least 10 optimiser steps per epoch in each run
         per_run = len(rows) * (cfg.label_folds - 1) // cfg.label_folds if cfg.label_folds else len(rows)
@@ -129,7 +146,9 @@ def folder_config(train_csv, test_csv=None, params=None, overrides=()):
 def cmd_fit_folder(args) -> int:
     """The label-issue report of one's own folder (hallnll.label_issues)."""
     from . import label_issues
+    from .lock import check_output
 
+    check_output(args.out)
     cfg = folder_config(args.train_csv, args.test, args.params, args.set)
     if args.no_progress:
         cfg = cfg.replace(progress=False)
@@ -156,11 +175,14 @@ def cmd_quickstart(args) -> int:
 
     from .figures import plot_correction, plot_training
     from .jobs import Job, run_jobs, worker_threads
+    from .lock import check_output
     from .train import prepare
 
+    out = check_output(args.out)
+    if args.figures:
+        check_output(args.figures, what="--figures")
     overrides = [*QUICKSTART_SCHEDULE, *args.set, *(["progress=false"] if args.no_progress else [])]
     base = load_config(QUICKSTART_PARAMS, overrides)  # its CPU threads: cfg.threads, as every command
-    out = Path(args.out)
     data, noisy, rep = prepare(base, progress=not args.no_progress)
     print(f"digits: {len(noisy)} training / {len(data.y_test)} test images, {base.noise} noise "
           f"({Path(base.noise_file).name if base.noise == 'file' else base.noise_seed}), "
@@ -195,17 +217,17 @@ def cmd_quickstart(args) -> int:
 def cmd_noise(args) -> int:
     """Make the noisy training labels of ``cfg.noise``, print their report, write the CSV."""
     from .data import load_dataset
-    from .noise import NoiseError, make_noisy_labels, save_label_csv
+    from .noise import make_noisy_labels, save_label_csv
+    from .lock import check_output
     from .train import cpu_threads
 
+    out = check_output(args.out, "file")  # before the labels are made (minutes for C-based noise)
     cfg = load_config(args.params, args.overrides)
-    out = Path(args.out).expanduser()
-    if out.is_dir():
-        raise NoiseError(f"--out {str(out)!r} is a folder; give a file name such as labels.csv")
     with cpu_threads(cfg.threads):  # the labels depend on the thread count: the same setting as train's
         data = load_dataset(cfg)
         noisy, rep = make_noisy_labels(cfg, data, progress=cfg.progress and not args.no_progress)
     print(rep.summary())
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_label_csv(out, data.y_train, noisy)
     print(f"wrote {out} ({len(noisy)} labels)")
     return 0
@@ -328,3 +350,7 @@ def main(argv=None) -> int:
     except _input_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # every file is written atomically and the last checkpoint is whole: the same command resumes
+        print("\ninterrupted — run the same command to resume", file=sys.stderr)
+        return 130

@@ -444,8 +444,39 @@ def parse_overrides(overrides) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set epochs=20")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        if not key.strip():
+            raise ConfigError(f"--set {item!r}: the key is empty; expected key=value, e.g. --set epochs=20")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it, "
+                              f"e.g. --set {key.strip()}='\"{raw}\"'") from None
     return out
+
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error in one line: what and where (line, column from 1)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
+
+
+def read_params_file(p: Path):
+    """The YAML in ``p``, or one :class:`ConfigError` saying what is wrong and where."""
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config: {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config: cannot read {str(p)!r} ({e.strerror or e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        tab = line is not None and "\t" in (text.splitlines()[line:line + 1] or [""])[0]
+        hint = "; YAML indents with spaces, not tabs: replace the tab" if tab or "\t" in str(e) else \
+            "; each line is key: value (see the shipped params files)"
+        raise ConfigError(f"config: {str(p)!r} is not valid YAML: {_yaml_problem(e)}{hint}") from None
 
 
 def load_config(path=None, overrides=None, **changes) -> Config:
@@ -457,10 +488,13 @@ def load_config(path=None, overrides=None, **changes) -> Config:
     d: dict = {}
     if path is not None:
         p = params_path(path)
+        if p.is_dir():
+            raise ConfigError(f"config: params file {str(path)!r} is a folder; give a YAML file in it, or the name "
+                              f"of a shipped one: {', '.join(names('params'))}")
         if not p.is_file():
             raise ConfigError(f"config: params file {str(path)!r} not found; give a path to a YAML file or the "
                               f"name of a shipped one: {', '.join(names('params'))}")
-        loaded = yaml.safe_load(p.read_text())
+        loaded = read_params_file(p)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config: {str(p)!r} must hold a mapping of settings")
         d.update(loaded or {})

@@ -25,9 +25,17 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    from .config import ConfigError
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"config: device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+        raise ConfigError(f"config: device={name!r} but CUDA is not available here; use device=cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"config: device={name!r} but this machine has {torch.cuda.device_count()} GPU(s) "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); set CUDA_VISIBLE_DEVICES or another index")
     return dev
 
 

@@ -342,6 +342,9 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
 
 
 def main(args) -> int:
+    from .lock import check_output
+
+    check_output(args.out)  # first of all (each cell's run folder is locked by its fit)
     run(args.params, args.set, args.out, args.seeds, args.parallel, tuple(args.variants.split(",")),
         tuple(args.labels.split(",")), not args.no_resume, args.tol, args.data_note, args.report_only,
         reference=args.reference, ref_tol=args.ref_tol)

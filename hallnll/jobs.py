@@ -22,6 +22,10 @@ one inter-op thread and that many torch threads, which a run keeps with
 ``threads = 0``; otherwise each run uses its config's ``threads`` (1 by
 default, as every command), so N workers never ask for more threads than there
 are CPUs. A failed job is reported in its result; the others go on.
+
+Each job runs under its folder's run lock (:func:`hallnll.lock.folder_lock`,
+handed to the notebook's kernel): a folder another process is running is
+reported as a failed job at once, naming the holder. ``run_seeds`` holds OUT.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Config, inert_settings, load_config
+from .lock import OutputError, folder_lock, passed_to_children
 from .resources import params_path
 
 
@@ -96,17 +101,8 @@ def execute(job: Job, resume: bool = True, data=None, noisy=None) -> dict:
     t0 = time.perf_counter()
     out = Path(job.out_dir)
     try:
-        if job.notebook:
-            _execute_notebook(job)
-        else:
-            import torch
-
-            from .train import fit
-
-            if job.threads:
-                torch.set_num_threads(job.threads)
-            noisy_t = torch.as_tensor(noisy, dtype=torch.int64) if noisy is not None else None
-            fit(job.config(), out, data=data, noisy=noisy_t, resume=resume, progress=False if job.threads else None)
+        with folder_lock(out), passed_to_children(out):
+            _run(job, resume, data, noisy)
     except Exception as e:  # a failed run is reported, the others go on
         return _result(job, t0, ok=False, error=_message(e, job))
     summary = out / "summary.json"
@@ -118,6 +114,21 @@ def execute(job: Job, resume: bool = True, data=None, noisy=None) -> dict:
 
         res["threads"] = {"torch": torch.get_num_threads(), **{k: os.environ.get(k) for k in THREAD_ENV}}
     return res
+
+
+def _run(job: Job, resume: bool, data, noisy) -> None:
+    out = Path(job.out_dir)
+    if job.notebook:
+        _execute_notebook(job)
+    else:
+        import torch
+
+        from .train import fit
+
+        if job.threads:
+            torch.set_num_threads(job.threads)
+        noisy_t = torch.as_tensor(noisy, dtype=torch.int64) if noisy is not None else None
+        fit(job.config(), out, data=data, noisy=noisy_t, resume=resume, progress=False if job.threads else None)
 
 
 def _execute_notebook(job: Job) -> None:
@@ -136,7 +147,7 @@ def _message(e: Exception, job: Job) -> str:
     from .notebook import first_error
 
     msg = f"{getattr(e, 'ename', None) or type(e).__name__}: {getattr(e, 'evalue', None) or e}"
-    if job.notebook and not getattr(e, "ename", None):
+    if job.notebook and not getattr(e, "ename", None) and not isinstance(e, OutputError):  # busy: it never ran
         msg = first_error(job.executed_notebook) or msg
     lines = msg.strip().splitlines()
     return lines[-1][:500] if lines else type(e).__name__
@@ -158,6 +169,11 @@ def _worker_init(threads: int) -> None:
     """A worker process's share of the CPUs, set before it runs any job: the
     variables for OpenMP / MKL / OpenBLAS (read by the libraries the job
     loads), torch's intra-op threads and one inter-op thread."""
+    import signal
+
+    # Ctrl-C reaches the whole process group: a worker stops at once and quietly (its files are written
+    # atomically, as for kill -9); the parent says "interrupted"
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     for k in THREAD_ENV:
         os.environ[k] = str(threads)
     import torch
@@ -231,8 +247,14 @@ def run_seeds(params, overrides, out, seeds: int = 3, parallel: int = 1, resume:
 
     overrides = list(overrides or [])
     cfg = load_config(params, overrides)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out) as out:
+        return _run_seeds(params, overrides, cfg, out, seeds, parallel, resume, log)
+
+
+def _run_seeds(params, overrides, cfg, out: Path, seeds, parallel, resume, log) -> list:
+    from .reporting import atomic_write_text
+    from .train import prepare
+
     jobs = [Job(f"seed{s}", str(params), overrides, s, out / f"seed{s}")
             for s in range(cfg.seed, cfg.seed + max(1, int(seeds)))]
     data = noisy = None

@@ -268,9 +268,38 @@ def report(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torc
     """The label-issue report of ``cfg``'s data: ``(columns, summary)``; with
     ``out_dir`` it writes ``label_issues.csv``, ``summary.json`` and
     ``config.yaml`` there and the runs under it (:func:`out_of_sample`)."""
-    from .train import check_resumable, prepare, read_checkpoint
+    import contextlib
+
+    from .lock import folder_lock
 
     cfg.validate()
+    held = folder_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+    with held:  # one report per folder at a time; each run folder under it has its own lock too
+        return _report(cfg, out_dir, data, noisy, resume, progress)
+
+
+#: what :func:`report` writes at the top of its folder, removed first when it starts over (the runs' folders last)
+REPORT_OUTPUTS = ("label_issues.csv", "summary.json", "config.yaml")
+
+
+def check_folds(data: ImageData, noisy: torch.Tensor, k: int) -> None:
+    """Refuse labels the folds cannot judge: each of the k runs must see every class, so each
+    class needs at least k images (a class with fewer is judged, in some fold, by a model that
+    never saw it)."""
+    counts = torch.bincount(noisy, minlength=data.num_classes).tolist()
+    few = [(c, n) for c, n in zip(data.classes, counts) if n < max(k, 1)]
+    if k >= 2 and few:
+        listing = ", ".join(f"{c!r}: {n}" for c, n in few[:10]) + (", ..." if len(few) > 10 else "")
+        smallest = min(n for _, n in few)
+        fix = f"set label_folds={smallest} or less, " if smallest >= 2 else ""
+        raise DataError(f"label_folds={k}: {len(few)} class(es) have fewer than {k} images ({listing}), so a fold "
+                        f"would judge them with a model that never saw the class; add images, drop the class, "
+                        f"{fix}or set label_folds=0 (one run on all images, in sample)")
+
+
+def _report(cfg: Config, out_dir, data, noisy, resume: bool, progress) -> tuple:
+    from .train import check_resumable, prepare, read_checkpoint
+
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
     if resume and out is not None:  # the runs' checkpoints are checked before the data and noise are prepared
@@ -279,6 +308,10 @@ def report(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torc
                 state = read_checkpoint(run_dir / "checkpoint.pt")
                 check_resumable(_run_config(cfg, j), state, run_dir / "checkpoint.pt")
     data, noisy, _ = prepare(cfg, data, noisy, progress=cfg.progress if progress is None else progress)
+    check_folds(data, noisy, cfg.label_folds)
+    if out is not None and not resume:  # the old report goes just before the new runs write
+        runs = {d.name for d in _run_dirs(cfg, out)} | {d.name for d in out.glob("fold*") if d.name[4:].isdigit()}
+        reporting.remove_outputs(out, list(REPORT_OUTPUTS) + sorted(runs) + ["run"])
     oos = out_of_sample(cfg, data, noisy, out, resume, progress)
     cols = build(data, noisy, oos, cfg.suggest_confidence)
     n = len(noisy)

@@ -13,14 +13,20 @@
 (The plots of these files are in :mod:`hallnll.figures`.)
 
 All writes are atomic (temporary file, then rename), so an interrupted run
-never leaves a half-written file.
+never leaves a half-written file. A checkpoint carries the SHA-256 of its
+contents (:func:`state_digest`, under ``"sha256"``): a file that still loads
+but whose bytes changed is found on reading (:func:`load_checkpoint`).
+:func:`remove_outputs` clears a run's files before a new run is written there.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,6 +46,89 @@ def atomic_torch_save(obj, path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+DIGEST_KEY = "sha256"
+
+
+def state_digest(state) -> str:
+    """SHA-256 over everything in ``state`` (a checkpoint's dict) but its own digest: each
+    tensor's dtype, shape and bytes, numpy arrays likewise, plain values by ``repr``, other
+    objects pickled; dicts in their order (kept by ``torch.save`` / ``torch.load``)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(o, np.ndarray):
+            h.update(f"A{o.dtype}{o.shape}".encode())
+            h.update(np.ascontiguousarray(o).tobytes())
+        elif isinstance(o, dict):
+            items = [(k, v) for k, v in o.items() if o is not state or k != DIGEST_KEY]
+            h.update(f"D{len(items)}".encode())
+            for k, v in items:
+                walk(k)
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{'L' if isinstance(o, list) else 'U'}{len(o)}".encode())
+            for v in o:
+                walk(v)
+        elif o is None or isinstance(o, (bool, int, float, str, bytes)):
+            h.update(f"{type(o).__name__}:{o!r}".encode())
+        else:
+            h.update(pickle.dumps(o, protocol=4))
+
+    walk(state)
+    return h.hexdigest()
+
+
+def save_checkpoint(state: dict, path) -> None:
+    """``state`` with its :func:`state_digest`, written atomically."""
+    atomic_torch_save({**{k: v for k, v in state.items() if k != DIGEST_KEY}, DIGEST_KEY: state_digest(state)}, path)
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint that loads but whose contents differ from what was written."""
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint read onto the CPU and checked against its digest (one written
+    before digests existed is read unchecked); :class:`DamagedCheckpoint` on a mismatch."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and DIGEST_KEY in state:
+        if state_digest(state) != state[DIGEST_KEY]:
+            raise DamagedCheckpoint("its contents do not match the checksum written with it (the file changed "
+                                    "after it was saved)")
+        state = {k: v for k, v in state.items() if k != DIGEST_KEY}
+    return state
+
+
+def remove_outputs(folder, names) -> list:
+    """Remove the run outputs ``names`` (files or folders, and their ``.tmp``) from ``folder``
+    before a new run writes there, in the order given (a run's checkpoint last): each by one
+    rename into ``folder/.replaced``, then that folder. Interrupted at any point, what is left
+    is part of the old run, its checkpoint with it until the end; run again, it finishes the job.
+    Returns the names removed."""
+    folder = Path(folder)
+    trash = folder / ".replaced"
+    if trash.exists():
+        shutil.rmtree(trash)  # left by an interrupted clear: already out of the run
+    gone = []
+    for n in names:
+        for m in (n + ".tmp", n):
+            src = folder / m
+            if src.exists() or src.is_symlink():
+                trash.mkdir(exist_ok=True)
+                os.replace(src, trash / m)
+                gone.append(m)
+    if trash.exists():
+        shutil.rmtree(trash)
+    return gone
 
 
 def write_metrics(path, history: list) -> None:

@@ -40,7 +40,16 @@ Results
     ``RESULTS/TABLE.md`` and ``RESULTS/TABLE.csv``: per cell our mean ± std
     of the best test accuracy (%) over the finished seeds (std with ddof=1;
     none for one seed), the number of seeds, the paper's number and, at paper
-    scale, the difference (ours - paper, percentage points).
+    scale, the difference (ours - paper, percentage points). Where runs
+    failed and a table is already there, it is kept and this run's table
+    (from what succeeded, each failure with its executed notebook) is
+    ``TABLE.partial.md`` / ``.csv`` beside it; a later complete run writes
+    ``TABLE.md`` and removes the partial one.
+
+Input
+    The output folders (``--results``, ``--runs``) and every cell's settings
+    (``--set`` included) are checked before any cell runs: one
+    :class:`ConfigError` (``error:`` line, exit 2), nothing written.
 """
 from __future__ import annotations
 
@@ -281,13 +290,14 @@ def format_markdown(name: str, rows: list, scale: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(name: str, rows: list, results_dir, scale: str):
-    """Write ``RESULTS/NAME.md`` and ``RESULTS/NAME.csv``; returns both paths and the markdown."""
+def write_results(name: str, rows: list, results_dir, scale: str, suffix: str = ""):
+    """Write ``RESULTS/NAME{suffix}.md`` and ``.csv``; returns both paths and the markdown."""
     from .reporting import atomic_write_text
 
     d = Path(results_dir)
     d.mkdir(parents=True, exist_ok=True)
     md = format_markdown(name, rows, scale)
+    name = name + suffix
     atomic_write_text(d / f"{name}.md", md)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -340,14 +350,21 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
     n_seeds = seeds if seeds is not None else (3 if scale == "paper" else 1)
     if n_seeds < 1:
         raise ReproduceError(f"--seeds {n_seeds}: give at least 1")
+    if int(parallel) < 1:
+        raise ReproduceError(f"--parallel {parallel}: give at least 1")
+    from .lock import check_output, folder_lock
+
+    check_output(results, what="--results")
+    check_output(runs, what="--runs")
     seed_list = list(range(n_seeds))
     plans = {n: plan_table(n, scale, runs, overrides) for n in names}
+    bad = [p for n in names for p in plans[n] if p.error]
+    if bad:  # the same --set reaches every cell: said once, before any cell runs
+        more = f" (and {len(bad) - 1} more cell(s))" if len(bad) > 1 else ""
+        raise ConfigError(f"{bad[0].table}/{bad[0].cell.key}: {bad[0].error}{more}; nothing was run")
     jobs, by_dir = [], {}
     for n in names:
         for p in plans[n]:
-            if p.error:
-                log(f"  cannot run {n}/{p.cell.key}: {p.error}")
-                continue
             for s in seed_list:
                 out = p.run_root / f"seed{s}"
                 if str(out) in by_dir:
@@ -363,22 +380,26 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
     for job, r in zip(jobs, res):
         if r and not r["ok"]:
             failures[(str(job.out_dir.parent), job.seed)] = f"seed{job.seed}: {r['error']} (notebook {r['notebook']})"
-    out = {"tables": {}, "failed": [r for r in res if r and not r["ok"]], "markdown": {}}
-    for n in names:
-        rows = collect(plans[n], seed_list, failures)
-        md_path, csv_path, md = write_results(n, rows, results, scale)
-        out["tables"][n] = rows
-        out["markdown"][n] = md
-        log("")
-        log(md)
-        log(f"wrote {md_path} and {csv_path}")
-    bad = [p for n in names for p in plans[n] if p.error]
-    if out["failed"] or bad:
-        log(f"\n{len(out['failed'])} run(s) failed" + (f", {len(bad)} cell(s) could not start" if bad else "") + ":")
+    out = {"tables": {}, "failed": [r for r in res if r and not r["ok"]], "markdown": {}, "written": {}}
+    with folder_lock(results, what="--results", wait=120):  # one writer of RESULTS at a time
+        for n in names:
+            rows = collect(plans[n], seed_list, failures)
+            failed = any(r["error"] for r in rows)
+            keep = failed and (Path(results) / f"{n}.md").is_file()  # never replace a table with failures
+            md_path, csv_path, md = write_results(n, rows, results, scale, ".partial" if keep else "")
+            if not failed:
+                for ext in ("md", "csv"):
+                    (Path(results) / f"{n}.partial.{ext}").unlink(missing_ok=True)
+            out["tables"][n] = rows
+            out["markdown"][n] = md
+            out["written"][n] = (md_path, csv_path)
+            log("")
+            log(md)
+            log(f"wrote {md_path} and {csv_path}" + (f" (runs failed: the previous {n}.md is kept)" if keep else ""))
+    if out["failed"]:
+        log(f"\n{len(out['failed'])} run(s) failed:")
         for r in out["failed"]:
             log(f"  {r['label']}: {r['error']}\n    executed notebook: {r['notebook']}")
-        for p in bad:
-            log(f"  {p.table}/{p.cell.key}: {p.error}")
     return out
 
 
@@ -395,7 +416,7 @@ def main(args) -> int:
             return 0
         if not table:
             raise ReproduceError(f"give a table: {', '.join(TABLES)} or all (see --list)")
-        out = reproduce(table, scale, getattr(args, "seeds", None), getattr(args, "parallel", 1) or 1,
+        out = reproduce(table, scale, getattr(args, "seeds", None), 1 if getattr(args, "parallel", None) is None else args.parallel,
                         getattr(args, "runs", "runs/reproduce"), getattr(args, "results", "results"), extra)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

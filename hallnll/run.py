@@ -441,15 +441,15 @@ class Run:
         self.history, self.epochs_done = state["history"], state["epoch"]
 
     def save(self, path) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically."""
-        reporting.atomic_torch_save(self.state_dict(), path)
+        """Write :meth:`state_dict` to ``path`` atomically, with its checksum."""
+        reporting.save_checkpoint(self.state_dict(), path)
 
     def load(self, path) -> None:
         """Continue from a file written by :meth:`save`.
 
         Read onto the CPU: the model's and optimisers' ``load_state_dict`` copy
         their tensors onto the run's device, everything else belongs on the CPU."""
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False), str(path))
+        self.load_state_dict(reporting.load_checkpoint(path), str(path))
 
     # ------------------------------------------------------------ the outcome
     @torch.no_grad()

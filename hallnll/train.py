@@ -8,10 +8,17 @@ clean labels are known), ``metrics.jsonl``, ``summary.json``, ``labels.csv``
 and ``checkpoint.pt`` (every ``checkpoint_every`` epochs and at the end), from
 which an interrupted run resumes exactly. Before anything is prepared or
 written, a checkpoint in ``out_dir`` is read and checked
-(:func:`read_checkpoint`, :func:`check_resumable`): a damaged file, or one
-made with settings that change results or with other labels, raises one
-:class:`CheckpointError`. Everything runs with ``cfg.threads`` CPU threads
-(:func:`cpu_threads`).
+(:func:`read_checkpoint`, :func:`check_resumable`): a damaged file (its
+SHA-256 is written in it and checked), or one made with settings that change
+results or with other labels, raises one :class:`CheckpointError`. Everything
+runs with ``cfg.threads`` CPU threads (:func:`cpu_threads`) and, with
+``out_dir``, under the folder's run lock (:func:`hallnll.lock.folder_lock`:
+a second run into the same folder is refused at once). A resumed run says so
+(on stderr); a finished one, run again, trains nothing, regenerates no noise
+and rewrites nothing where its results are all there. ``resume=False``
+removes the folder's old outputs (:data:`RUN_OUTPUTS`, the checkpoint last)
+just before the new run's first file is written, so the folder never holds
+two runs.
 
 The variants of Table 5 (``cfg.variant``): ``ce`` cross-entropy on the noisy
 labels throughout; ``gmm`` labeled = omega > gmm_threshold (DivideMix without
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +38,10 @@ from typing import Optional
 import torch
 
 from . import engine, reporting
-from .config import RESULT_FREE, Config, inert_settings
+from .config import GENERATED_NOISE, RESULT_FREE, Config, inert_settings
 from .data import ImageData, load_dataset
 from .noise import make_noisy_labels, report, save_label_csv
+from .lock import folder_lock
 from .run import Run, TrainingError
 
 __all__ = ["RunResult", "TrainingError", "CheckpointError", "prepare", "fit", "cpu_threads"]
@@ -47,6 +56,12 @@ class RunResult:
     labels: dict = field(default_factory=dict)  # given/corrected/easiness/subset/predicted tensors
     anchors: Optional[dict] = None  # last epoch's S_hal (hallnll.run.anchor_set), when an epoch ran here
     run: Optional[Run] = None  # the run in its final state: its steps work on the trained model
+    finished_before: bool = False  # out_dir held this finished run already: nothing ran or was rewritten
+
+
+#: what a run writes into its folder, in the order ``resume=False`` removes them (the checkpoint last)
+RUN_OUTPUTS = ("summary.json", "labels.csv", "metrics.jsonl", "noisy_labels.csv", "noise_report.txt",
+               "config.yaml", "checkpoint.pt")
 
 
 class CheckpointError(ValueError):
@@ -113,7 +128,7 @@ def read_checkpoint(path) -> dict:
     model's and optimisers' ``load_state_dict`` move their tensors to the run's device),
     or one :class:`CheckpointError` naming the file and the way out."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = reporting.load_checkpoint(path)
         if not isinstance(state, dict) or not {"model", "epoch", "noisy", "config"} <= set(state):
             raise ValueError("not a hallnll checkpoint")
     except Exception as e:  # truncated, not a torch file, another program's file
@@ -156,8 +171,13 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
         resume: bool = True, progress: bool | None = None) -> RunResult:
     """Train ``cfg.variant`` on ``cfg``'s data and noisy labels (Alg. 1). See the module docstring."""
     cfg.validate()
-    with cpu_threads(cfg.threads):
+    held = folder_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+    with held, cpu_threads(cfg.threads):
         return _fit(cfg, out_dir, data, noisy, resume, cfg.progress if progress is None else progress)
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> RunResult:
@@ -170,6 +190,10 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
         # checked before the noise is rebuilt (minutes for classification-based noise)
         state = read_checkpoint(ckpt)
         check_resumable(cfg, state, ckpt)
+    done_before = (state is not None and int(state["epoch"]) >= cfg.epochs
+                   and all((out / n).is_file() for n in RUN_OUTPUTS if n != "noisy_labels.csv"))
+    if done_before and noisy is None and cfg.noise in GENERATED_NOISE and cfg.dataset != "folder":
+        noisy = state["noisy"]  # made from the settings just checked: not made again (minutes for C-based noise)
     data, noisy, noise_report = prepare(cfg, data, noisy, progress)
     run = Run(cfg, data, noisy, dev)
     wall_before = 0.0
@@ -179,9 +203,18 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
                                   f"use another --out, or --no-resume (resume=False) to start over")
         run.load_state_dict(state, str(ckpt))
         wall_before = float(state.get("wall_seconds", 0.0))
+        if run.epochs_done < cfg.epochs:
+            _say(f"resuming {out} from epoch {run.epochs_done} of {cfg.epochs}")
+        elif done_before:
+            _say(f"{out}: finished already ({run.epochs_done} of {cfg.epochs} epochs), nothing to run; its results "
+                 f"are in {out}/summary.json and labels.csv (--no-resume to run it again)")
+            summary = json.loads((out / "summary.json").read_text())
+            return RunResult(summary, run.history, out, run.model, run.label_report(), run.last_anchors, run, True)
     resumed_from = run.epochs_done
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            reporting.remove_outputs(out, RUN_OUTPUTS)  # the old run goes just before the new one is written
         cfg.save(out / "config.yaml")
         (out / "noise_report.txt").write_text(labels_text(cfg, data, noise_report))
         if data.train_labels_known:
@@ -206,7 +239,7 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
                 raise
             raise TrainingError(f"{e} The last good checkpoint is {ckpt}.") from None
         if ckpt is not None and _checkpoint_due(cfg, run.epochs_done):
-            reporting.atomic_torch_save({**run.state_dict(), "wall_seconds": wall()}, ckpt)
+            reporting.save_checkpoint({**run.state_dict(), "wall_seconds": wall()}, ckpt)
             reporting.write_metrics(out / "metrics.jsonl", run.history)
         if bar is not None:
             acc = "-" if row["test_acc"] is None else f"{row['test_acc']:.4f}"

@@ -129,9 +129,10 @@ def test_a_failing_cell_is_reported_while_the_others_complete(tmp_path, monkeypa
     table = Table("tablex", "a test table", (
         Cell("good", "good", q, ("variant=ce",), 50.0, 1.0),
         Cell("missing-file", "missing file", q, ("noise=file", "noise_file=/nonexistent/labels.csv"), 60.0, 1.0),
-        Cell("bad-config", "bad config", q, ("p=7",), 70.0, 1.0),
     ))
     monkeypatch.setitem(reproduce.TABLES, "tablex", table)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "tablex.md").write_text("the previous table\n")  # kept: runs failed
     rc = reproduce.main(_args("tablex", tmp_path, scale="paper", seeds=1))
     out = capsys.readouterr().out
     assert rc == 1
@@ -139,12 +140,12 @@ def test_a_failing_cell_is_reported_while_the_others_complete(tmp_path, monkeypa
     nb = next((tmp_path / "runs").rglob("06_training.ipynb"), None)
     failed_nb = [p for p in (tmp_path / "runs").rglob("06_training.ipynb") if not (p.parent / "summary.json").exists()]
     assert nb is not None and len(failed_nb) == 1 and str(failed_nb[0]) in out  # reported with its notebook
-    assert "p=7" in out  # the config error names the setting
-    rows = {r["cell"]: r for r in csv.DictReader(open(tmp_path / "results" / "tablex.csv"))}
+    assert (tmp_path / "results" / "tablex.md").read_text() == "the previous table\n"
+    assert "tablex.partial.md" in out and "the previous tablex.md is kept" in out
+    rows = {r["cell"]: r for r in csv.DictReader(open(tmp_path / "results" / "tablex.partial.csv"))}
     assert rows["good"]["n_seeds"] == "1" and float(rows["good"]["ours_mean"]) > 0
     assert rows["missing-file"]["n_seeds"] == "0" and "not found" in rows["missing-file"]["error"]
-    assert rows["bad-config"]["n_seeds"] == "0" and rows["bad-config"]["error"]
-    md = (tmp_path / "results" / "tablex.md").read_text()
+    md = (tmp_path / "results" / "tablex.partial.md").read_text()
     assert "failed" in md and "| missing file | - | 0 |" in md
 
 

@@ -146,8 +146,17 @@ def load_cifar(name: str = "cifar10", root=".data", download: bool = True) -> Im
 
 def _read_path_label_csv(csv_path: Path) -> list:
     """Rows ``(path as written, label trimmed, 1-based line number)`` of a ``path,label`` CSV."""
+    if csv_path.is_dir():
+        raise DataError(f"folder: labels CSV {str(csv_path)!r} is a folder; give the CSV file (columns path,label)")
     if not csv_path.is_file():
         raise DataError(f"folder: labels CSV {str(csv_path)!r} not found; give a CSV with columns path,label")
+    try:
+        return _read_rows(csv_path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"folder: {str(csv_path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def _read_rows(csv_path: Path) -> list:
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -220,6 +229,51 @@ def folder_classes(labels, source: str) -> list:
     return sorted(counts)
 
 
+#: the background an image's transparent pixels are composited on (their colour values are arbitrary)
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def to_rgb8(im):
+    """``im`` (any mode PIL opens) as an 8-bit RGB image, read as a viewer shows it.
+
+    - EXIF orientation applied (photos stored sideways).
+    - 16- and 32-bit integer grey (``I;16*``, ``I``): 0..65535 scaled to 0..255
+      (``convert("RGB")`` clips them, a 16-bit PNG comes out almost white); a
+      32-bit ``I`` image is read as 16-bit data, which is what PNG and TIFF
+      hold in it.
+    - float grey (``F``): values in [0, 1] scaled by 255, values in [0, 255]
+      taken as they are; others are refused (no range to read them in).
+    - transparency (``RGBA``, ``LA``, ``PA``, ``La``, ``RGBa``, a palette
+      with a transparent colour): composited on :data:`ALPHA_BACKGROUND`.
+    - palette, 1-bit, CMYK, YCbCr, grey: PIL's conversion to RGB.
+    Any other mode raises ``ValueError`` naming it.
+    """
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo >= 0 and hi <= 1:
+            a = a * 255.0
+        elif not (lo >= 0 and hi <= 255):
+            raise ValueError(f"a float image with values {lo:g}..{hi:g}, neither in [0, 1] nor in [0, 255]")
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in im.info or mode == "PA":
+        im, mode = im.convert("RGBA"), "RGBA"
+    if mode in ("LA", "La", "RGBa", "RGBA"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if mode in ("RGB", "L", "1", "P", "CMYK", "YCbCr"):
+        return im.convert("RGB")
+    raise ValueError(f"image mode {mode!r} is not one hallnll reads; save it as 8-bit RGB or greyscale")
+
+
 def _load_images(items, size: int, src: Path) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
@@ -229,7 +283,7 @@ def _load_images(items, size: int, src: Path) -> torch.Tensor:
             raise DataError(f"folder: image {str(p)!r} listed in {str(src)!r} does not exist")
         try:
             with Image.open(p) as im:
-                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+                out[i] = np.asarray(to_rgb8(im).resize((size, size), Image.BILINEAR))
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"folder: {str(p)!r} listed in {str(src)!r} is not a readable image ({e}); "
                             f"remove it from the CSV or replace the file") from None
@@ -253,6 +307,9 @@ def load_folder(train_csv, test_csv: str = "", image_size: int = 32, labels_are_
     tr = _read_path_label_csv(train_csv)
     te = _read_path_label_csv(Path(test_csv)) if test_csv else []
     classes = folder_classes([lab for _, lab, _ in tr], repr(str(train_csv)))
+    if len(classes) < 2:
+        raise DataError(f"folder: {str(train_csv)!r} has one class only ({classes[0]!r}); the method learns to tell "
+                        f"classes apart: list the images of at least two classes")
     index = {c: i for i, c in enumerate(classes)}
     if te:
         if all(_is_int(c) for c in classes):  # integer classes: 1 and 01 are the same class
