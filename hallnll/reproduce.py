@@ -329,10 +329,13 @@ def compare(name: str, results_dir="results"):
 
 # ------------------------------------------------------------------ entry points
 def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | None = None, parallel: int = 1,
-              runs="runs/reproduce", results="results", overrides: Sequence[str] = (), log=print) -> dict:
+              runs="runs/reproduce", results="results", overrides: Sequence[str] = (), log=print,
+              slurm=None) -> dict:
     """Run (or reuse) every cell x seed of the tables and write their results.
 
-    Returns ``{"tables": {name: rows}, "failed": [result dicts], "markdown": {name: text}}``.
+    Returns ``{"tables": {name: rows}, "failed": [result dicts], "markdown": {name: text}}``;
+    ``slurm`` (:class:`hallnll.cluster.SlurmOptions`): the runs as one SLURM job array, ``"pending"``
+    lists those left queued (``wait=False``), whose cells the tables leave out until they finish.
     """
     names = table_names(table)
     if scale not in ("quick", "paper"):
@@ -358,12 +361,18 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
         f"{parallel} at a time, runs under {Path(runs) / scale}")
     if not all(finished(j) for j in jobs):
         require_notebook_tools()
-    res = run_jobs(jobs, parallel, log) if jobs else []
+        if slurm is not None:
+            from .cluster import require_slurm
+
+            require_slurm()
+    res = run_jobs(jobs, parallel, log, slurm=slurm) if jobs else []
     failures = {}
     for job, r in zip(jobs, res):
-        if r and not r["ok"]:
-            failures[(str(job.out_dir.parent), job.seed)] = f"seed{job.seed}: {r['error']} (notebook {r['notebook']})"
-    out = {"tables": {}, "failed": [r for r in res if r and not r["ok"]], "markdown": {}}
+        if r and not r["ok"] and not r.get("pending"):
+            where = f"log {r['log']}" if r.get("log") else f"notebook {r['notebook']}"
+            failures[(str(job.out_dir.parent), job.seed)] = f"seed{job.seed}: {r['error']} ({where})"
+    out = {"tables": {}, "failed": [r for r in res if r and not r["ok"] and not r.get("pending")], "markdown": {},
+           "pending": [r for r in res if r and r.get("pending")]}
     for n in names:
         rows = collect(plans[n], seed_list, failures)
         md_path, csv_path, md = write_results(n, rows, results, scale)
@@ -376,7 +385,8 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
     if out["failed"] or bad:
         log(f"\n{len(out['failed'])} run(s) failed" + (f", {len(bad)} cell(s) could not start" if bad else "") + ":")
         for r in out["failed"]:
-            log(f"  {r['label']}: {r['error']}\n    executed notebook: {r['notebook']}")
+            log(f"  {r['label']}: {r['error']}\n    executed notebook: {r['notebook']}"
+                + (f"\n    log: {r['log']}" if r.get("log") else ""))
         for p in bad:
             log(f"  {p.table}/{p.cell.key}: {p.error}")
     return out
@@ -395,8 +405,11 @@ def main(args) -> int:
             return 0
         if not table:
             raise ReproduceError(f"give a table: {', '.join(TABLES)} or all (see --list)")
+        from .cli import slurm_options
+
         out = reproduce(table, scale, getattr(args, "seeds", None), getattr(args, "parallel", 1) or 1,
-                        getattr(args, "runs", "runs/reproduce"), getattr(args, "results", "results"), extra)
+                        getattr(args, "runs", "runs/reproduce"), getattr(args, "results", "results"), extra,
+                        slurm=slurm_options(args))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
