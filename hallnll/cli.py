@@ -64,6 +64,10 @@ def cmd_train(args) -> int:
                       + (f"\n  log: {s['log']}" if s.get("log") else ""))
         return 1 if any("error" in s and not s.get("pending") for s in summaries) else 0
     res = fit(cfg, out, resume=not args.no_resume)
+    from .distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     s = res.summary
     print(_table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
                  ["variant", "best %", "last %", "epochs", "seconds"]))

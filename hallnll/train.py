@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from . import engine, reporting
+from . import distributed, engine, reporting
 from .config import RESULT_FREE, Config, inert_settings
 from .data import ImageData, load_dataset
 from .noise import make_noisy_labels, report, save_label_csv
@@ -156,6 +156,7 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
         resume: bool = True, progress: bool | None = None) -> RunResult:
     """Train ``cfg.variant`` on ``cfg``'s data and noisy labels (Alg. 1). See the module docstring."""
     cfg.validate()
+    distributed.setup()  # under torchrun: one run over the ranks (hallnll.distributed); rank 0 writes out_dir
     with cpu_threads(cfg.threads):
         return _fit(cfg, out_dir, data, noisy, resume, cfg.progress if progress is None else progress)
 
@@ -180,6 +181,8 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
         run.load_state_dict(state, str(ckpt))
         wall_before = float(state.get("wall_seconds", 0.0))
     resumed_from = run.epochs_done
+    if not distributed.is_main():  # DDP: every rank read the checkpoint above; rank 0 alone writes
+        out = ckpt = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
