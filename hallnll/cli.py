@@ -82,7 +82,9 @@ def add_executor_args(p) -> None:
     g.add_argument("--executor", choices=("process", "slurm"), default="process")
     g.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
     g.add_argument("--gpus", type=int, default=0, help="GPUs per job (SLURM)")
-    g.add_argument("--cpus", type=int, default=1, help="CPUs per job, also its torch threads (SLURM; default 1)")
+    g.add_argument("--tasks", type=int, default=0,
+                   help="processes per job (SLURM), the DDP ranks of its run; default: one per GPU, at least 1")
+    g.add_argument("--cpus", type=int, default=1, help="CPUs per process, also its torch threads (SLURM; default 1)")
     g.add_argument("--mem-gb", type=float, default=4.0, help="memory per job in GB (SLURM; default 4)")
     g.add_argument("--timeout-min", type=int, default=60,
                    help="time limit per job in minutes (SLURM; default 60); a job that reaches it is requeued "
@@ -99,7 +101,7 @@ def slurm_options(args):
         return None
     from .cluster import SlurmOptions
 
-    return SlurmOptions(partition=args.partition, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
+    return SlurmOptions(partition=args.partition, gpus=args.gpus, tasks=args.tasks, cpus=args.cpus, mem_gb=args.mem_gb,
                         timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,
                         wait=not args.no_wait, folder=Path(args.slurm_logs) if args.slurm_logs else None)
 

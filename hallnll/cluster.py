@@ -55,8 +55,9 @@ class SlurmOptions:
     minutes); ``signal_delay_s``: how long before the limit SLURM signals the
     task to checkpoint and requeue (submitit's default, 90 s)."""
     partition: Optional[str] = None
-    gpus: int = 0  # per task
-    cpus: int = 1  # per task; also the task's torch / OpenMP threads
+    gpus: int = 0  # per job
+    tasks: int = 0  # processes per job, the DDP ranks of its run (hallnll.distributed); 0: one per GPU, at least 1
+    cpus: int = 1  # per process; also its torch / OpenMP threads
     mem_gb: float = 4.0
     timeout_min: int = 60
     array_parallelism: int = 32
@@ -64,6 +65,10 @@ class SlurmOptions:
     folder: Optional[Path] = None  # submitit's logs; default: slurm/ beside the run folders
     signal_delay_s: int = 90
     poll_s: float = 1.0
+
+    @property
+    def ntasks(self) -> int:
+        return int(self.tasks) if self.tasks else max(1, int(self.gpus))
 
     def check(self) -> None:
         for name in ("cpus", "timeout_min", "array_parallelism"):
@@ -107,6 +112,10 @@ class JobTask(_Checkpointable):
     def __call__(self, job, resume: bool = True, noisy=None) -> dict:
         from .jobs import _worker_init, execute
 
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:  # one run over the job's tasks: DDP (hallnll.distributed)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         if job.threads:
             _worker_init(job.threads)
         r = execute(job, resume, None, noisy)
@@ -151,7 +160,7 @@ def _outcome(job, task, t0: float, died: bool = False) -> dict:
         line = _last_line(task.paths.stderr) or "the task left the SLURM queue without a result"
         return _result(job, t0, ok=False, error=line, log=log, slurm_job=task.job_id)
     try:
-        r = task.result()
+        r = task.results()[0]  # rank 0's, under DDP
     except Exception as e:  # the task died: submitit's error holds the log's tail
         line = _last_line(task.paths.stderr) or str(e).strip().splitlines()[-1][:500]
         return _result(job, t0, ok=False, error=line, log=log, slurm_job=task.job_id)
@@ -188,7 +197,7 @@ def run_slurm(jobs: list, todo: list, results: list, opts: SlurmOptions, log=pri
     if new:
         ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
         params = dict(timeout_min=int(opts.timeout_min), cpus_per_task=int(opts.cpus), mem_gb=float(opts.mem_gb),
-                      tasks_per_node=1, nodes=1, slurm_array_parallelism=int(opts.array_parallelism),
+                      tasks_per_node=opts.ntasks, nodes=1,  # ntasks > 1: the ranks of one DDP run (JobTask) slurm_array_parallelism=int(opts.array_parallelism),
                       slurm_signal_delay_s=int(opts.signal_delay_s), name="hallnll")
         if opts.gpus:
             params["gpus_per_node"] = int(opts.gpus)
@@ -207,7 +216,8 @@ def run_slurm(jobs: list, todo: list, results: list, opts: SlurmOptions, log=pri
                               json.dumps({"job_id": task.job_id, "folder": str(folder.resolve() / "%j")}) + "\n")
         ids = [t.job_id for t in submitted]
         log(f"  submitted {len(new)} run(s) as SLURM job array {ids[0].split('_')[0]} "
-            f"({opts.cpus} CPU(s), {opts.gpus} GPU(s), {opts.mem_gb:g} GB, {opts.timeout_min} min each; "
+            f"({opts.ntasks} task(s) x {opts.cpus} CPU(s), {opts.gpus} GPU(s), {opts.mem_gb:g} GB, "
+            f"{opts.timeout_min} min each; "
             f"logs under {folder})")
     if not opts.wait:
         for i, task in tasks.items():

@@ -128,7 +128,9 @@ def _execute_notebook(job: Job) -> None:
     out.mkdir(parents=True, exist_ok=True)
     params = dict(params=str(params_path(job.params).resolve()), overrides=list(job.overrides) + ["progress=false"],
                   out_dir=str(out.resolve()), seed=int(job.seed), threads=int(job.threads), plots=True)
-    execute_notebook(shipped("notebooks", job.notebook), job.executed_notebook, params, threads=job.threads)
+    on_slurm = "SLURM_JOB_ID" in os.environ  # a busy node: a longer kernel start, no TCP ports to clash
+    execute_notebook(shipped("notebooks", job.notebook), job.executed_notebook, params, threads=job.threads,
+                     start_timeout=300 if on_slurm else 60, transport="ipc" if on_slurm else "tcp")
 
 
 def _message(e: Exception, job: Job) -> str:

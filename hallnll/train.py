@@ -197,7 +197,7 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
         return wall_before + time.perf_counter() - t_start
 
     bar = None
-    if progress:
+    if progress and distributed.is_main():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=run.epochs_done, desc=f"{cfg.name} [{cfg.variant}]", unit="epoch")
@@ -222,7 +222,8 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
     session = time.perf_counter() - t_start
     summary = reporting.summarize(run.history, wall_before + session, cfg)
     summary.update(wall_seconds_this_session=session, resumed_from_epoch=resumed_from,
-                   device=str(dev), torch_threads=torch.get_num_threads(), n_train=len(noisy), n_test=len(data.y_test))
+                   device=str(dev), torch_threads=torch.get_num_threads(), n_train=len(noisy), n_test=len(data.y_test),
+                   world_size=distributed.world())
     if data.train_labels_known:
         summary["noise_rate_actual"] = noise_report.actual_rate
     if out is not None:
@@ -231,4 +232,5 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
                                    labels["subset"], labels["predicted"], data.y_train if data.train_labels_known else None,
                                    data.train_paths)
         reporting.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    distributed.barrier()  # DDP: every rank returns once rank 0 has written the outputs
     return RunResult(summary, run.history, out, run.model, labels, run.last_anchors, run)
