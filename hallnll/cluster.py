@@ -107,7 +107,10 @@ class JobTask(_Checkpointable):
     """One array task: :func:`hallnll.jobs.execute` with the task's CPUs as its threads.
 
     ``checkpoint`` (submitit's ``Checkpointable``) resubmits the same call on
-    preemption or timeout; the requeued call resumes from ``checkpoint.pt``."""
+    preemption or timeout; the requeued call resumes from ``checkpoint.pt``.
+    With ``tasks > 1`` the job's tasks are the ranks of one DDP run: submitit's
+    ``TorchDistributedEnvironment`` exports ``MASTER_ADDR``/``MASTER_PORT``,
+    ``RANK``, ``WORLD_SIZE`` for :func:`hallnll.distributed.setup`."""
 
     def __call__(self, job, resume: bool = True, noisy=None) -> dict:
         from .jobs import _worker_init, execute
@@ -122,6 +125,12 @@ class JobTask(_Checkpointable):
         if not r["ok"]:
             print(f"hallnll: {job.label} failed: {r['error']}", file=sys.stderr, flush=True)
         return r
+
+    def checkpoint(self, job, resume: bool = True, noisy=None):
+        """The call the requeued task makes: the same run, resuming (also after ``--no-resume``)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, job, True, noisy)
 
 
 def _queued(job_ids) -> set:
