@@ -18,7 +18,7 @@ from hallnll import cli, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = str(ROOT / "params" / "digits-quick.yaml")
-TINY = ["epochs=4", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0", "progress=false"]
+TINY = ["epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
 SETS = sum((["--set", o] for o in TINY), [])
 SLURM = ["--executor", "slurm", "--timeout-min", "5", "--cpus", "1", "--mem-gb", "1"]
 
