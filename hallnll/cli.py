@@ -1,10 +1,10 @@
 """``hallnll`` command line (also ``python -m hallnll``).
 
     hallnll quickstart [--out DIR] [--figures DIR]   # the embedded default: digits, 40% C-based noise, 4 variants
-    hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N]
+    hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N] [--executor slurm ...]
     hallnll fit-folder TRAIN.csv [--test TEST.csv] --out DIR [--set k=v ...]   # label_issues.csv
     hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
-    hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list]
+    hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list] [--executor slurm ...]
     hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N] [--levers [NAMES]]
     hallnll fidelity [--params P] [--set k=v ...] [--seeds N] [--parallel N] [--out DIR]
 
@@ -65,15 +65,25 @@ def cmd_train(args) -> int:
     out = check_output(args.out)
     _counts(args)
     cfg = load_config(args.params, args.set)
-    if args.seeds > 1 or args.parallel > 1:
+    slurm = slurm_options(args)
+    if args.seeds > 1 or args.parallel > 1 or slurm is not None:
         from .jobs import run_seeds
 
-        summaries = run_seeds(args.params, args.set, out, seeds=args.seeds, parallel=args.parallel, resume=not args.no_resume)
+        summaries = run_seeds(args.params, args.set, out, seeds=args.seeds, parallel=args.parallel,
+                              resume=not args.no_resume, slurm=slurm)
         rows = [[s.get("seed"), _fmt(s.get("best_acc")), _fmt(s.get("last_acc")), s.get("epochs"),
                  _fmt(s.get("wall_seconds"), False)] for s in summaries]
         print(_table(rows, ["seed", "best %", "last %", "epochs", "seconds"]))
-        return 0
+        for s in summaries:
+            if "error" in s:
+                print(f"seed {s['seed']}: {'queued' if s.get('pending') else 'FAILED'}: {s['error']}"
+                      + (f"\n  log: {s['log']}" if s.get("log") else ""))
+        return 1 if any("error" in s and not s.get("pending") for s in summaries) else 0
     res = fit(cfg, out, resume=not args.no_resume)
+    from .distributed import is_main
+
+    if not is_main():  # under torchrun rank 0 reports
+        return 0
     s = res.summary
     print(_table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
                  ["variant", "best %", "last %", "epochs", "seconds"]))
@@ -82,6 +92,37 @@ def cmd_train(args) -> int:
     else:
         print(f"wrote {out}/config.yaml, metrics.jsonl, summary.json, labels.csv, checkpoint.pt")
     return 0
+
+
+def add_executor_args(p) -> None:
+    """``--executor {process,slurm}`` and the SLURM job array's resources (hallnll.cluster)."""
+    g = p.add_argument_group("executor", "where the runs go: local worker processes, or one SLURM job array "
+                                         "(submitit; pip install -e '.[cluster]')")
+    g.add_argument("--executor", choices=("process", "slurm"), default="process")
+    g.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
+    g.add_argument("--gpus", type=int, default=0, help="GPUs per job (SLURM)")
+    g.add_argument("--tasks", type=int, default=0,
+                   help="processes per job (SLURM), the DDP ranks of its run; default: one per GPU, at least 1")
+    g.add_argument("--cpus", type=int, default=1, help="CPUs per process, also its torch threads (SLURM; default 1)")
+    g.add_argument("--mem-gb", type=float, default=4.0, help="memory per job in GB (SLURM; default 4)")
+    g.add_argument("--timeout-min", type=int, default=60,
+                   help="time limit per job in minutes (SLURM; default 60); a job that reaches it is requeued "
+                        "and resumes from its checkpoint")
+    g.add_argument("--array-parallelism", type=int, default=32, help="jobs of the array running at once (SLURM)")
+    g.add_argument("--no-wait", action="store_true",
+                   help="submit and return (SLURM); the same command later collects what has finished")
+    g.add_argument("--slurm-logs", default=None, metavar="DIR", help="submitit's logs (default: slurm/ beside the runs)")
+
+
+def slurm_options(args):
+    """The :class:`hallnll.cluster.SlurmOptions` of ``--executor slurm``, else None."""
+    if getattr(args, "executor", "process") != "slurm":
+        return None
+    from .cluster import SlurmOptions
+
+    return SlurmOptions(partition=args.partition, gpus=args.gpus, tasks=args.tasks, cpus=args.cpus, mem_gb=args.mem_gb,
+                        timeout_min=args.timeout_min, array_parallelism=args.array_parallelism,
+                        wait=not args.no_wait, folder=Path(args.slurm_logs) if args.slurm_logs else None)
 
 
 def cpu_has_amx() -> bool:
@@ -273,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--seeds", type=int, default=1, help="run seeds seed..seed+N-1 into OUT/seedK")
     t.add_argument("--parallel", type=int, default=1, help="run this many seeds at once (one GPU)")
+    add_executor_args(t)
     t.set_defaults(fn=cmd_train)
 
     f = sub.add_parser("fit-folder", help="label issues of one's own images: path,label CSV(s) -> label_issues.csv",
@@ -307,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default="results")
     r.add_argument("--runs", default="runs/reproduce")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_executor_args(r)
     r.set_defaults(fn=cmd_reproduce)
 
     b = sub.add_parser("bench", help="seconds per phase, images/s and TFLOP/s")

@@ -138,7 +138,7 @@ def ce_loss(model, images: DeviceImages, idx: torch.Tensor, draws: tuple, labels
 
 def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size: int, generator,
              padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None, loss_fn=None,
-             entropy_penalty: float = 0.0) -> torch.Tensor:
+             entropy_penalty: float = 0.0, part=None) -> torch.Tensor:
     """One epoch of cross-entropy on (augmented) images and the given labels.
 
     ``n // batch_size`` steps of ``batch_size`` images (the ragged last batch
@@ -152,8 +152,10 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
     from growing over-confident on the noisy labels before the loss GMM
     separates them. ``entropy_penalty == 0`` runs plain cross-entropy.
 
-    Returns the mean loss (the penalty included) as a 0-dim device tensor
-    (read it once per epoch).
+    ``part`` (DDP, :func:`hallnll.distributed.batch_part`): ``part(b)`` is this
+    rank's slice of each global batch of ``b``, drawn (with its augmentation)
+    alike on every rank. Returns the mean loss (the penalty included; this
+    rank's part under DDP) as a 0-dim device tensor (read it once per epoch).
     """
     model.train()
     loss_fn = loss_fn or ce_loss
@@ -164,6 +166,9 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
     for i in range(steps):
         idx = perm[i * batch_size:(i + 1) * batch_size]
         draws = augment_draws(len(idx), padding, hflip, generator, images.device)
+        if part is not None:  # DDP: this rank's share of the global batch
+            s = part(len(idx))
+            idx, draws = idx[s], tuple(d[s] if d is not None else None for d in draws)
         loss = loss_fn(model, images, idx, draws, labels, padding, bf16, entropy_penalty)
         opt.zero_grad(set_to_none=True)
         loss.backward()

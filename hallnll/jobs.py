@@ -139,7 +139,9 @@ def _execute_notebook(job: Job) -> None:
     out.mkdir(parents=True, exist_ok=True)
     params = dict(params=str(params_path(job.params).resolve()), overrides=list(job.overrides) + ["progress=false"],
                   out_dir=str(out.resolve()), seed=int(job.seed), threads=int(job.threads), plots=True)
-    execute_notebook(shipped("notebooks", job.notebook), job.executed_notebook, params, threads=job.threads)
+    on_slurm = "SLURM_JOB_ID" in os.environ  # a busy node: a longer kernel start, no TCP ports to clash
+    execute_notebook(shipped("notebooks", job.notebook), job.executed_notebook, params, threads=job.threads,
+                     start_timeout=300 if on_slurm else 60, transport="ipc" if on_slurm else "tcp")
 
 
 def _message(e: Exception, job: Job) -> str:
@@ -185,9 +187,12 @@ def _worker_init(threads: int) -> None:
         pass
 
 
-def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data=None, noisy=None) -> list:
+def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data=None, noisy=None,
+             slurm=None) -> list:
     """Run every job that is not :func:`finished` (all of them without ``resume``),
-    ``parallel`` at a time. Returns one result dict per job (``skipped`` for finished ones)."""
+    ``parallel`` at a time, or, given ``slurm`` (:class:`hallnll.cluster.SlurmOptions`),
+    as one SLURM job array (:func:`hallnll.cluster.run_slurm`). Returns one result
+    dict per job (``skipped`` for finished ones; ``pending`` for ones left running on SLURM)."""
     results: list = [None] * len(jobs)
     todo = []
     for i, job in enumerate(jobs):
@@ -198,6 +203,10 @@ def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data
         else:
             todo.append(i)
     n = len(todo)
+    if slurm is not None:
+        from .cluster import run_slurm
+
+        return run_slurm(jobs, todo, results, slurm, log, resume, noisy) if todo else results
 
     def report(k, i, r):
         results[i] = r
@@ -233,25 +242,31 @@ def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data
     return results
 
 
-def run_seeds(params, overrides, out, seeds: int = 3, parallel: int = 1, resume: bool = True, log=print) -> list:
+def run_seeds(params, overrides, out, seeds: int = 3, parallel: int = 1, resume: bool = True, log=print,
+              slurm=None) -> list:
     """``hallnll train --seeds N --parallel M``: seeds cfg.seed .. cfg.seed+N-1 into ``OUT/seed<k>``.
 
     The data and the noisy labels are made once (they do not depend on the
     seed; classification-based noise trains a CNN) and shared by all seeds.
     Returns one summary dict per seed (``skipped`` for a finished one); a
-    failed seed gives ``{"seed", "error", "out_dir"}``. Configuration errors
-    raise before anything runs.
+    failed seed gives ``{"seed", "error", "out_dir"}`` (and ``log``, ``pending``
+    on SLURM). ``slurm``: run them as one SLURM job array (:func:`run_jobs`).
+    Configuration errors raise before anything runs.
     """
     from .reporting import atomic_write_text
     from .train import prepare
 
     overrides = list(overrides or [])
     cfg = load_config(params, overrides)
+    if slurm is not None:
+        from .cluster import require_slurm
+
+        require_slurm()  # before anything is written or the noisy labels are made (minutes for C-based noise)
     with folder_lock(out) as out:
-        return _run_seeds(params, overrides, cfg, out, seeds, parallel, resume, log)
+        return _run_seeds(params, overrides, cfg, out, seeds, parallel, resume, log, slurm)
 
 
-def _run_seeds(params, overrides, cfg, out: Path, seeds, parallel, resume, log) -> list:
+def _run_seeds(params, overrides, cfg, out: Path, seeds, parallel, resume, log, slurm) -> list:
     from .reporting import atomic_write_text
     from .train import prepare
 
@@ -265,12 +280,13 @@ def _run_seeds(params, overrides, cfg, out: Path, seeds, parallel, resume, log) 
 
         if torch.cuda.is_initialized():  # classification noise trained here: free the cache for the workers
             torch.cuda.empty_cache()
-    results = run_jobs(jobs, parallel, log, resume, data, noisy)
+    results = run_jobs(jobs, parallel, log, resume, data, noisy, slurm)
     summaries = []
     for r in results:
         if r["ok"]:
             summaries.append({**r["summary"], **({"skipped": True} if r.get("skipped") else {})})
         else:
             summaries.append({"seed": r["seed"], "error": r["error"], "out_dir": r["out_dir"],
-                              "wall_seconds": r["seconds"]})
+                              "wall_seconds": r["seconds"],
+                              **{k: r[k] for k in ("log", "pending", "slurm_job") if k in r}})
     return summaries

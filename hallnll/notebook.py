@@ -76,9 +76,16 @@ def _kernel_spec(threads: int) -> dict:
             "display_name": "Python (hallnll)", "language": "python", "env": env}
 
 
-def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0) -> None:
+def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0, start_timeout: int = 60,
+            transport: str = "tcp") -> None:
     """Run ``notebook`` with ``parameters`` (papermill) into ``output``, in ``cwd``
     (default: the working folder), with ``threads`` OpenMP/MKL threads in the kernel.
+
+    ``start_timeout``: seconds the kernel may take to start (papermill's default
+    is 60; a busy cluster node can take longer). ``transport="ipc"``: the kernel
+    talks over Unix sockets in a private temporary folder instead of TCP ports,
+    so kernels started at once on one node cannot pick the same port (SLURM jobs
+    use it, :func:`hallnll.jobs.execute`).
 
     Raises papermill's ``PapermillExecutionError`` when a cell fails (the
     executed notebook, with the error, is written all the same).
@@ -91,9 +98,12 @@ def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0) -> N
         spec = Path(tmp) / "kernels" / KERNEL
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps(_kernel_spec(threads), indent=1))
-        km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+        extra = {"transport": "ipc", "ip": str(Path(tmp) / "kernel")} if transport == "ipc" else {}
+        km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]),
+                           **extra)
         pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL, km=km,
-                            cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False)
+                            cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False,
+                            start_timeout=start_timeout)
 
 
 def first_error(path) -> str:

@@ -339,10 +339,13 @@ def compare(name: str, results_dir="results"):
 
 # ------------------------------------------------------------------ entry points
 def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | None = None, parallel: int = 1,
-              runs="runs/reproduce", results="results", overrides: Sequence[str] = (), log=print) -> dict:
+              runs="runs/reproduce", results="results", overrides: Sequence[str] = (), log=print,
+              slurm=None) -> dict:
     """Run (or reuse) every cell x seed of the tables and write their results.
 
-    Returns ``{"tables": {name: rows}, "failed": [result dicts], "markdown": {name: text}}``.
+    Returns ``{"tables": {name: rows}, "failed": [result dicts], "markdown": {name: text}}``;
+    ``slurm`` (:class:`hallnll.cluster.SlurmOptions`): the runs as one SLURM job array, ``"pending"``
+    lists those left queued (``wait=False``), whose cells the tables leave out until they finish.
     """
     names = table_names(table)
     if scale not in ("quick", "paper"):
@@ -375,12 +378,18 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
         f"{parallel} at a time, runs under {Path(runs) / scale}")
     if not all(finished(j) for j in jobs):
         require_notebook_tools()
-    res = run_jobs(jobs, parallel, log) if jobs else []
+        if slurm is not None:
+            from .cluster import require_slurm
+
+            require_slurm()
+    res = run_jobs(jobs, parallel, log, slurm=slurm) if jobs else []
     failures = {}
     for job, r in zip(jobs, res):
-        if r and not r["ok"]:
-            failures[(str(job.out_dir.parent), job.seed)] = f"seed{job.seed}: {r['error']} (notebook {r['notebook']})"
-    out = {"tables": {}, "failed": [r for r in res if r and not r["ok"]], "markdown": {}, "written": {}}
+        if r and not r["ok"] and not r.get("pending"):
+            where = f"log {r['log']}" if r.get("log") else f"notebook {r['notebook']}"
+            failures[(str(job.out_dir.parent), job.seed)] = f"seed{job.seed}: {r['error']} ({where})"
+    out = {"tables": {}, "failed": [r for r in res if r and not r["ok"] and not r.get("pending")], "markdown": {},
+           "written": {}, "pending": [r for r in res if r and r.get("pending")]}
     with folder_lock(results, what="--results", wait=120):  # one writer of RESULTS at a time
         for n in names:
             rows = collect(plans[n], seed_list, failures)
@@ -396,10 +405,11 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
             log("")
             log(md)
             log(f"wrote {md_path} and {csv_path}" + (f" (runs failed: the previous {n}.md is kept)" if keep else ""))
-    if out["failed"]:
+    if out["failed"]:  # (a cell that cannot start was refused above, before any ran)
         log(f"\n{len(out['failed'])} run(s) failed:")
         for r in out["failed"]:
-            log(f"  {r['label']}: {r['error']}\n    executed notebook: {r['notebook']}")
+            log(f"  {r['label']}: {r['error']}\n    executed notebook: {r['notebook']}"
+                + (f"\n    log: {r['log']}" if r.get("log") else ""))
     return out
 
 
@@ -416,8 +426,11 @@ def main(args) -> int:
             return 0
         if not table:
             raise ReproduceError(f"give a table: {', '.join(TABLES)} or all (see --list)")
+        from .cli import slurm_options
+
         out = reproduce(table, scale, getattr(args, "seeds", None), 1 if getattr(args, "parallel", None) is None else args.parallel,
-                        getattr(args, "runs", "runs/reproduce"), getattr(args, "results", "results"), extra)
+                        getattr(args, "runs", "runs/reproduce"), getattr(args, "results", "results"), extra,
+                        slurm=slurm_options(args))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

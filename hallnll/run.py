@@ -42,7 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import engine, reporting, selection, ssl
+from . import distributed, engine, reporting, selection, ssl
 from .config import Config
 from .data import DeviceImages, ImageData
 from .hallucination import HallucinationResult, Hallucinator, StaticHalStep, hallucinate
@@ -164,6 +164,10 @@ class Run:
         comp = (cfg.compile or cfg.compile_step) and engine.compile_active(dev, cfg.compile_backend)
         compile_model = comp and cfg.compile and not cfg.compile_step
         self.train_model = engine.compiled(model, cfg.compile_mode, cfg.compile_backend) if compile_model else model
+        # DDP under torchrun (hallnll.distributed): gradients averaged over the ranks, each on its part of a batch
+        self.part = distributed.batch_part()
+        if self.part is not None:
+            self.train_model = distributed.wrap(model)
         self.ce_loss = engine.compiled(engine.ce_loss, cfg.compile_mode, cfg.compile_backend) \
             if comp and cfg.compile_step else None
         self.mixmatch_loss = engine.compiled(ssl.mixmatch_loss, cfg.compile_mode, cfg.compile_backend) \
@@ -196,14 +200,15 @@ class Run:
         with self.timer.phase("warmup"):
             return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
                                    cfg.crop_padding, cfg.hflip, self.bf16, loss_fn=self.ce_loss,
-                                   entropy_penalty=penalty)
+                                   entropy_penalty=penalty, part=self.part)
 
     def easiness(self) -> Easiness:
         """Alg. 1 line 6 (§3.1): logits and features of the training images, the
         per-sample losses against the given labels, their GMM and omega."""
         cfg = self.cfg
         with self.timer.phase("easiness"):
-            logits, feats = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16)
+            # all N images (under DDP each rank scores its shard, then they are gathered)
+            logits, feats = distributed.predict_all(self.model, self.train_x, cfg.eval_batch_size, self.bf16)
             losses = selection.per_sample_loss(logits, self.given)
             gmm = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed, cfg.gmm_backend)
             return Easiness(logits, feats, losses, gmm, gmm.omega(losses.device))
@@ -267,7 +272,7 @@ class Run:
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
                                  sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
-                                 self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16)
+                                 self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16, part=self.part)
 
     def recalibrate_bn(self) -> None:
         """After a training epoch: re-estimate the BatchNorm statistics on
@@ -278,12 +283,12 @@ class Run:
         training stream of batches and augmentations is the same with or
         without it."""
         cfg = self.cfg
-        if not cfg.bn_recal_images:
-            return
-        with self.timer.phase("bn_recal"):
-            gen = torch.Generator(self.device).manual_seed(cfg.seed * 100_003 + self.epochs_done)
-            engine.recalibrate_bn(self.model, self.train_x, cfg.bn_recal_images, cfg.batch_size, gen,
-                                  cfg.crop_padding, cfg.hflip, self.bf16)
+        if cfg.bn_recal_images:
+            with self.timer.phase("bn_recal"):
+                gen = torch.Generator(self.device).manual_seed(cfg.seed * 100_003 + self.epochs_done)
+                engine.recalibrate_bn(self.model, self.train_x, cfg.bn_recal_images, cfg.batch_size, gen,
+                                      cfg.crop_padding, cfg.hflip, self.bf16)
+        distributed.sync_buffers(self.model)  # DDP: rank 0's statistics on every rank
 
     def evaluate(self) -> torch.Tensor:
         """Top-1 accuracy on the test set (a device tensor)."""

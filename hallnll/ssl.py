@@ -115,7 +115,7 @@ def mixmatch_loss(model, images, il: torch.Tensor, iu, draws: list, y_l: torch.T
 
 def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tensor, lab_w: torch.Tensor,
               unl_idx: torch.Tensor, num_classes: int, cfg, epoch: int, generator, rng: np.random.Generator,
-              iters: int, step_fn=None, loss_fn=None, bf16: bool | None = None) -> dict:
+              iters: int, step_fn=None, loss_fn=None, bf16: bool | None = None, part=None) -> dict:
     """One classification phase of Alg. 1 (lines 20-23): ``iters`` MixMatch steps.
 
     ``lab_idx``/``unl_idx`` index the training images; ``lab_labels`` are the
@@ -125,8 +125,11 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
     all steps), so every step has the same shape. ``loss_fn`` replaces
     :func:`mixmatch_loss` (its compiled version): it then gets ``lam`` and
     ``lambda_u`` as device tensors (float64 and float32, which round as the
-    Python floats of the eager step do). Returns 0-dim device tensors (mean
-    loss, L_CE, L_MSE).
+    Python floats of the eager step do). ``part`` (DDP,
+    :func:`hallnll.distributed.batch_part`): each rank trains on its slice of
+    every global batch, drawn alike on every rank; its mixup permutation is the
+    order of the first entries of the global one (a uniform permutation of its
+    part). Returns 0-dim device tensors (mean loss, L_CE, L_MSE).
     """
     dev = images.device
     bs = cfg.batch_size
@@ -161,11 +164,20 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
         if iu is not None:
             draws += [augment_draws(len(iu), pad, flip, generator, dev) for _ in range(2)]
         perm = torch.randperm(2 * len(il) + (2 * len(iu) if iu is not None else 0), device=dev, generator=generator)
+        y_l, w_l = lab_labels[sl], lab_w[sl]
+        if part is not None:  # DDP: this rank's share of the global batch (see the docstring)
+            pl_, pu_ = part(len(il)), (part(len(iu)) if iu is not None else None)
+            il, y_l, w_l = il[pl_], y_l[pl_], w_l[pl_]
+            cut = lambda d, s_: tuple(x[s_] if x is not None else None for x in d)  # noqa: E731
+            draws = [cut(d, pl_) for d in draws[:2]] + [cut(d, pu_) for d in draws[2:]]
+            if iu is not None:
+                iu = iu[pu_]
+            perm = perm[:2 * len(il) + (2 * len(iu) if iu is not None else 0)].argsort()
         if loss_fn is None:
-            loss, l_ce, l_mse = mixmatch_loss(model, images, il, iu, draws, lab_labels[sl], lab_w[sl], float(lams[it]),
+            loss, l_ce, l_mse = mixmatch_loss(model, images, il, iu, draws, y_l, w_l, float(lams[it]),
                                               perm, lambda_us[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16)
         else:
-            loss, l_ce, l_mse = loss_fn(model, images, il, iu, draws, lab_labels[sl], lab_w[sl], lam_t[it], perm,
+            loss, l_ce, l_mse = loss_fn(model, images, il, iu, draws, y_l, w_l, lam_t[it], perm,
                                         lu_t[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()

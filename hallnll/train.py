@@ -37,7 +37,7 @@ from typing import Optional
 
 import torch
 
-from . import engine, reporting
+from . import distributed, engine, reporting
 from .config import GENERATED_NOISE, RESULT_FREE, Config, inert_settings
 from .data import ImageData, load_dataset
 from .noise import make_noisy_labels, report, save_label_csv
@@ -171,13 +171,16 @@ def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.T
         resume: bool = True, progress: bool | None = None) -> RunResult:
     """Train ``cfg.variant`` on ``cfg``'s data and noisy labels (Alg. 1). See the module docstring."""
     cfg.validate()
-    held = folder_lock(out_dir) if out_dir is not None else contextlib.nullcontext()
+    distributed.setup()  # under torchrun: one run over the ranks (hallnll.distributed); rank 0 writes out_dir
+    # one run per folder at a time: rank 0 holds the folder's lock for all the ranks
+    held = folder_lock(out_dir) if out_dir is not None and distributed.is_main() else contextlib.nullcontext()
     with held, cpu_threads(cfg.threads):
         return _fit(cfg, out_dir, data, noisy, resume, cfg.progress if progress is None else progress)
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if distributed.is_main():  # DDP: one line, not one per rank
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> RunResult:
@@ -211,6 +214,8 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
             summary = json.loads((out / "summary.json").read_text())
             return RunResult(summary, run.history, out, run.model, run.label_report(), run.last_anchors, run, True)
     resumed_from = run.epochs_done
+    if not distributed.is_main():  # DDP: every rank read the checkpoint above; rank 0 alone writes
+        out = ckpt = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -227,7 +232,7 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
         return wall_before + time.perf_counter() - t_start
 
     bar = None
-    if progress:
+    if progress and distributed.is_main():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=run.epochs_done, desc=f"{cfg.name} [{cfg.variant}]", unit="epoch")
@@ -252,7 +257,8 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
     session = time.perf_counter() - t_start
     summary = reporting.summarize(run.history, wall_before + session, cfg)
     summary.update(wall_seconds_this_session=session, resumed_from_epoch=resumed_from,
-                   device=str(dev), torch_threads=torch.get_num_threads(), n_train=len(noisy), n_test=len(data.y_test))
+                   device=str(dev), torch_threads=torch.get_num_threads(), n_train=len(noisy), n_test=len(data.y_test),
+                   world_size=distributed.world())
     if data.train_labels_known:
         summary["noise_rate_actual"] = noise_report.actual_rate
     if out is not None:
@@ -261,4 +267,5 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
                                    labels["subset"], labels["predicted"], data.y_train if data.train_labels_known else None,
                                    data.train_paths)
         reporting.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    distributed.barrier()  # DDP: every rank returns once rank 0 has written the outputs
     return RunResult(summary, run.history, out, run.model, labels, run.last_anchors, run)

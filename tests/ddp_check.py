@@ -1,0 +1,70 @@
+"""Run by tests/test_distributed.py under ``torchrun --standalone --nproc_per_node 2`` (gloo):
+the checks of one DDP run on digits (N = 1,347, odd), then an uninterrupted ``fit`` into OUT.
+
+    torchrun --standalone --nproc_per_node 2 tests/ddp_check.py OUT [fit-only]
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hallnll import distributed, engine, load_config, selection  # noqa: E402
+from hallnll.run import Run  # noqa: E402
+from hallnll.train import fit, prepare  # noqa: E402
+
+torch.set_num_threads(1)
+TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+out = Path(sys.argv[1])
+distributed.setup()
+w, r = distributed.world(), distributed.rank()
+assert w == 2, w
+cfg = load_config(Path(__file__).resolve().parents[1] / "params" / "digits-quick.yaml", TINY)
+
+
+def same_on_all_ranks(name, obj):
+    objs = [None] * w
+    dist.all_gather_object(objs, obj)
+    for o in objs[1:]:
+        if isinstance(obj, dict):
+            bad = [k for k in obj if not torch.equal(obj[k], o[k])]
+            assert not bad, f"{name} differ between ranks: {bad[:5]}"
+        else:
+            assert torch.equal(obj, o), f"{name} differ between ranks"
+
+
+if "fit-only" not in sys.argv:
+    data, noisy, _ = prepare(cfg)
+    n = len(noisy)
+    assert n == 1347
+    # every index scored exactly once, in order, no padding
+    idx = distributed.gather_rows(torch.arange(n)[distributed.shard(n)])
+    assert torch.equal(idx, torch.arange(n)), "the shards do not cover 0..N-1 once each"
+    assert distributed.shard(n, 0).stop - distributed.shard(n, 0).start == 674  # 674 + 673
+    run = Run(cfg, data, noisy)
+    for _ in range(3):  # two warm-up epochs and one SSL epoch (DDP steps)
+        run.epoch()
+    # gathered per-sample losses and features equal those of one process on the same weights
+    ez = run.easiness()
+    logits1, feats1 = engine.predict(run.model, run.train_x, cfg.eval_batch_size)
+    torch.testing.assert_close(ez.losses, selection.per_sample_loss(logits1, run.given), rtol=0, atol=1e-6)
+    torch.testing.assert_close(ez.feats, feats1, rtol=0, atol=1e-6)
+    # the same selection, S_hal, parameters and BatchNorm buffers on every rank
+    _, sel, hal = run.select()
+    same_on_all_ranks("selections", {"easy": sel.easy_mask, "clean_hard": sel.clean_hard_mask,
+                                     "labels": sel.train_labels, "weights": sel.weights, "omega": sel.omega,
+                                     "anchors": hal.anchors, "anchor_labels": hal.labels})
+    assert int(sel.clean_hard_mask.sum()) > 0 and int(sel.easy_mask.sum()) > 0
+    state = run.model.state_dict()
+    same_on_all_ranks("parameters", {k: v for k, v in state.items() if "running" not in k})
+    same_on_all_ranks("BatchNorm buffers", {k: v for k, v in state.items() if "running" in k or "num_batches" in k})
+    if r == 0:
+        print(f"ddp_check: rank shards 674+673, |easy| {int(sel.easy_mask.sum())}, "
+              f"|clean-hard| {int(sel.clean_hard_mask.sum())}: identical on both ranks")
+fit(cfg, out)
+distributed.barrier()
+if r == 1:
+    assert not (out / "rank1").exists()
+dist.destroy_process_group()

@@ -1,0 +1,160 @@
+"""``--executor slurm`` against a real SLURM (one node, ``.ci/slurm-up.sh``) through submitit.
+
+Skipped with the reason where ``sinfo`` is absent, unless ``HALLNLL_REQUIRE_SLURM=1``
+(set by ``.ci/run``), which makes a missing cluster a failure. Digits, tiny schedules;
+the jobs import this checkout (``PYTHONPATH``, passed on by ``sbatch``)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hallnll import cli, jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = str(ROOT / "params" / "digits-quick.yaml")
+TINY = ["epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+SETS = sum((["--set", o] for o in TINY), [])
+SLURM = ["--executor", "slurm", "--timeout-min", "5", "--cpus", "1", "--mem-gb", "1"]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A SLURM controller that answers, and this checkout on the jobs' PYTHONPATH."""
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        if os.environ.get("HALLNLL_REQUIRE_SLURM") == "1":
+            pytest.fail("HALLNLL_REQUIRE_SLURM=1 but SLURM does not answer: run .ci/slurm-up.sh (as root)")
+        pytest.skip("no SLURM here (sinfo absent or no controller); .ci/slurm-up.sh starts a one-node cluster")
+    pytest.importorskip("submitit")
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + before if before else "")
+    yield
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
+def _rows(run_dir) -> list:
+    """metrics.jsonl without its timings: what must be identical between two runs."""
+    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """The same seeds with --executor process (in this process, one thread)."""
+    out = tmp_path_factory.mktemp("local")
+    s = jobs.run_seeds(PARAMS, TINY, out, seeds=2, parallel=1)
+    assert all("error" not in x for x in s), s
+    return out
+
+
+def test_seeds_as_a_job_array_match_the_local_runs_and_report_a_failed_job(slurm, local, tmp_path, capsys):
+    out = tmp_path / "slurm"
+    (out / "seed2").mkdir(parents=True)
+    (out / "seed2" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # this job fails; the others land
+    rc = cli.main(["train", PARAMS, *SETS, "--out", str(out), "--seeds", "3", *SLURM])
+    text = capsys.readouterr().out
+    assert rc == 1, text
+    assert "submitted 3 run(s) as SLURM job array" in text
+    ids = [json.loads((out / f"seed{s}" / "slurm_job.json").read_text())["job_id"] for s in range(3)]
+    assert len({i.split("_")[0] for i in ids}) == 1 and ids == [f"{ids[0].split('_')[0]}_{k}" for k in range(3)]
+    for s in (0, 1):
+        assert _rows(out / f"seed{s}") == _rows(local / f"seed{s}")
+        assert json.loads((out / f"seed{s}" / "summary.json").read_text())["best_acc"] == \
+            json.loads((local / f"seed{s}" / "summary.json").read_text())["best_acc"]
+    failed = [ln for ln in text.splitlines() if ln.startswith("seed 2: FAILED")]
+    assert failed and "cannot resume" in failed[0], text
+    log = text.split("seed 2: FAILED", 1)[1].split("log: ", 1)[1].splitlines()[0].strip()
+    assert Path(log).is_file() and "cannot resume" in Path(log).read_text()
+    # a rerun of the finished seeds submits nothing
+    assert cli.main(["train", PARAMS, *SETS, "--out", str(out), "--seeds", "2", *SLURM]) == 0
+    text = capsys.readouterr().out
+    assert "as SLURM job array" not in text and text.count("skip  seed") == 2
+
+
+def test_preempted_job_is_requeued_and_resumes_with_identical_metrics(slurm, local, tmp_path, capsys):
+    out = tmp_path / "rq"
+    args = ["train", PARAMS, *SETS, "--out", str(out), "--seeds", "1", *SLURM]
+    assert cli.main(args + ["--no-wait"]) == 0
+    assert "submitted 1 run(s)" in capsys.readouterr().out
+    job_id = json.loads((out / "seed0" / "slurm_job.json").read_text())["job_id"]
+    metrics = out / "seed0" / "metrics.jsonl"
+    t0 = time.time()
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):  # a checkpoint after epoch 1
+        assert time.time() - t0 < 120, "the job wrote no checkpoint"
+        time.sleep(0.1)
+    # preemption: SLURM's signal to checkpoint; submitit requeues the task
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    t0 = time.time()
+    while "PENDING" not in subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                                          text=True).stdout:
+        assert time.time() - t0 < 60, "the job was not requeued"
+        time.sleep(0.2)
+    # while it waits, the same command submits nothing
+    assert cli.main(args + ["--no-wait"]) == 0
+    text = capsys.readouterr().out
+    assert "still queued: seed0" in text and "as SLURM job array" not in text
+    # SLURM holds a requeued job back for a while (BeginTime); let this test cluster start it now
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"], check=True)
+    assert cli.main(args) == 0
+    summary = json.loads((out / "seed0" / "summary.json").read_text())
+    assert summary["resumed_from_epoch"] >= 1 and summary["epochs"] == 4
+    assert _rows(out / "seed0") == _rows(local / "seed0")
+    assert "DUE TO JOB REQUEUE" in Path(json.loads((out / "seed0" / "slurm_job.json").read_text())["folder"]
+                                        .replace("%j", job_id)).joinpath(f"{job_id}_0_log.err").read_text()
+
+
+def test_slurm_absent_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch / squeue / sinfo on it
+    rc = cli.main(["train", PARAMS, *SETS, "--out", str(tmp_path / "x"), "--seeds", "2", *SLURM])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --executor slurm: SLURM is not available") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_one_run_over_two_tasks_of_one_job_is_ddp(slurm, tmp_path, capsys):
+    out = tmp_path / "ddp"
+    sets = sum((["--set", o] for o in ["epochs=3", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0",
+                                       "progress=false"]), [])
+    assert cli.main(["train", PARAMS, *sets, "--out", str(out), *SLURM, "--tasks", "2"]) == 0
+    assert "2 task(s)" in capsys.readouterr().out
+    s = json.loads((out / "seed0" / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["epochs"] == 3 and s["best_acc"] > 0.5
+
+
+def test_reproduce_table5_on_slurm_gives_the_process_table(slurm, tmp_path, capsys, monkeypatch):
+    """The notebooks of table5 run as SLURM jobs (papermill in the job, kernel over ipc)."""
+    import csv
+    from argparse import Namespace
+
+    from hallnll import reproduce
+
+    pytest.importorskip("papermill")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    tiny = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
+
+    def args(where, **kw):
+        d = dict(table="table5", scale="quick", seeds=None, parallel=2, list=False, set=list(tiny),
+                 results=str(where / "results"), runs=str(where / "runs"), executor="process")
+        d.update(kw)
+        return Namespace(**d)
+
+    def table(where):
+        with open(where / "results" / "table5.csv") as f:
+            return [(r["cell"], r["n_seeds"], r["ours_mean"]) for r in csv.DictReader(f)]
+
+    assert reproduce.main(args(tmp_path / "process")) == 0
+    sl = dict(executor="slurm", partition=None, gpus=0, tasks=0, cpus=1, mem_gb=2.0, timeout_min=10,
+              array_parallelism=4, no_wait=False, slurm_logs=None)
+    assert reproduce.main(args(tmp_path / "slurm", **sl)) == 0
+    text = capsys.readouterr().out
+    assert "as SLURM job array" in text
+    assert table(tmp_path / "slurm") == table(tmp_path / "process")
+    assert all(n == "1" for _, n, _ in table(tmp_path / "slurm"))
