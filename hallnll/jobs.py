@@ -30,6 +30,7 @@ reported as a failed job at once, naming the holder. ``run_seeds`` holds OUT.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -100,8 +101,11 @@ def execute(job: Job, resume: bool = True, data=None, noisy=None) -> dict:
     passed to ``fit`` (noisy labels shared by the seeds of ``run_seeds``)."""
     t0 = time.perf_counter()
     out = Path(job.out_dir)
+    # the ranks of one DDP run (a SLURM job of several tasks) share the folder: rank 0 holds its lock
+    main = int(os.environ.get("RANK", "0")) == 0
     try:
-        with folder_lock(out), passed_to_children(out):
+        with (folder_lock(out) if main else contextlib.nullcontext()), \
+                (passed_to_children(out) if main else contextlib.nullcontext()):
             _run(job, resume, data, noisy)
     except Exception as e:  # a failed run is reported, the others go on
         return _result(job, t0, ok=False, error=_message(e, job))

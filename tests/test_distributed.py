@@ -24,6 +24,22 @@ def _torchrun(*args, **kw):
                             start_new_session=True, **kw)
 
 
+def _kill_tree(pid: int) -> None:
+    """kill -9 torchrun and every process under it (its workers run in sessions of their own,
+    so killing torchrun's process group would leave them running)."""
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        kids = subprocess.run(["ps", "-o", "pid=", "--ppid", str(p)], capture_output=True, text=True).stdout.split()
+        todo += [int(k) for k in kids]
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _rows(d) -> list:
     return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
             for x in (Path(d) / "metrics.jsonl").read_text().splitlines()]
@@ -43,7 +59,7 @@ def test_two_ranks_score_all_samples_once_agree_on_the_selection_and_resume_afte
     while not ((b / "metrics.jsonl").is_file() and (b / "metrics.jsonl").read_text().count("\n") >= 2):
         assert p.poll() is None and time.time() - t0 < 240, p.stdout.read() if p.poll() is not None else "slow"
         time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)
+    _kill_tree(p.pid)
     p.wait()
     assert not (b / "summary.json").exists(), "the run finished before it was killed"
     p = _torchrun(b, "fit-only")
