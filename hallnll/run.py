@@ -304,7 +304,9 @@ class Run:
           ``anchor_sim_q10/q50/q90``: quantiles of that nearest cosine;
           ``real_pair_sim_q50``: median cosine of random pairs of real
           training features, the level below which lambda_conf filters
-          nothing that chance would not already pass.
+          nothing that chance would not already pass;
+        - ``hal_*``: where S_hal lies against its parents and g_rho
+          (:func:`hallnll.reporting.anchor_geometry`).
         """
         out: dict = {}
         with self.timer.phase("diagnostics"):
@@ -329,6 +331,11 @@ class Run:
                 j = torch.randint(0, n, (4096,), device=self.device, generator=g)
                 pair = torch.nn.functional.cosine_similarity(ez.feats[i].float(), ez.feats[j].float(), dim=1)
                 out["real_pair_sim_q50"] = float(pair.median())
+                easy_idx = sel.easy_mask.nonzero().squeeze(1)
+                out.update(reporting.anchor_geometry(
+                    hal.anchors, hal.labels, hal.parents, ez.feats[easy_idx], self.given[easy_idx],
+                    self.model.classifier, self.cfg.lambda_p, float(ez.feats.float().norm(dim=1).mean()),
+                    sel.hard.nearest, len(sel.hard_index)))
         return out
 
     def bn_diagnostics(self) -> dict:
