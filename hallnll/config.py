@@ -170,6 +170,13 @@ class Config:
     # End h_phi with a ReLU: real features (ReLU + average pooling) are
     # non-negative, so anchors are kept in that cone (see hallucination.py).
     hal_out_relu: bool = True
+    # h_phi starts at the parents' midpoint: s_a = ReLU((s_u + s_v) / 2 + MLP),
+    # its last layer zero at first; and its output's direction is learned apart
+    # from its norm (rescaled to the parents' mean norm times a learned scalar).
+    # Measured, with the reasons, in hallucination.Hallucinator (issue 17);
+    # hal_skip=false, hal_norm=free is the hallucinator before it.
+    hal_skip: bool = True
+    hal_norm: str = "parents"  # parents | free
     # Anchors: Alg. 1 runs I_max hallucinator iterations per epoch, each on a
     # mini-batch of easy features s_u, every s_u paired with a fresh s_v of
     # another class, and keeps every anchor in S_hal. The paper does not give
@@ -306,6 +313,8 @@ class Config:
             bad("lambda_p", "must lie in [0.5, 1] (§3.2)")
         if self.easy_selection not in ("balanced", "gmm"):
             bad("easy_selection", "use balanced (Eq. 1) or gmm (DivideMix's threshold)")
+        if self.hal_norm not in ("parents", "free"):
+            bad("hal_norm", "use parents (the parents' mean norm times a learned scale) or free")
         if not 0.0 <= self.gmm_threshold <= 1.0:
             bad("gmm_threshold", "must lie in [0, 1]")
         if not (self.clean_hard_weight == -1.0 or 0.0 <= self.clean_hard_weight <= 1.0):
