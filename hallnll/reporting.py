@@ -168,8 +168,9 @@ def anchor_geometry(anchors: torch.Tensor, labels: torch.Tensor, parents: torch.
       (two easy features) of the same class, averaged over classes;
     - ``hal_parent_top``: share of anchors whose own s_u is among the
       ``top`` (5%) same-class easy features nearest to s_a (on at most
-      ``max_rank_anchors`` anchors, evenly spaced): high means an anchor is
-      a copy of its s_u rather than a point between classes;
+      ``max_rank_anchors`` anchors, evenly spaced): how much an anchor
+      depends on its own input; low with ``hal_within_cos`` above
+      ``easy_within_cos`` means the anchors of a class clump together;
     - ``hal_nearest_distinct``: distinct hard samples that are some anchor's
       nearest, and ``hal_nearest_distinct_share`` of ``n_hard``.
 
