@@ -170,7 +170,7 @@ class Config:
     # End h_phi with a ReLU: real features (ReLU + average pooling) are
     # non-negative, so anchors are kept in that cone (see hallucination.py).
     hal_out_relu: bool = True
-    # h_phi starts at the parents' midpoint: s_a = ReLU((s_u + s_v) / 2 + MLP),
+    # h_phi starts at L_clo's balance: s_a = ReLU(lambda_p s_u + (1 - lambda_p) s_v + MLP),
     # its last layer zero at first; and its output's direction is learned apart
     # from its norm (rescaled to the parents' mean norm times a learned scalar).
     # Measured, with the reasons, in hallucination.Hallucinator (issue 17);

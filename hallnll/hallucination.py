@@ -29,9 +29,13 @@ class Hallucinator(nn.Module):
     rest is ours (Config.hal_skip, hal_norm, hal_out_relu), each measured on
     fixed features and on digits (issue 17, params/digits-quick.yaml):
 
-    - ``skip`` (default): s_a = ReLU((s_u + s_v) / 2 + MLP(s_u, s_v)) with the
-      MLP's last layer initialised to zero, so h_phi starts at the parents'
-      midpoint and learns the offset Eq. 2 asks for. Without it (the old
+    - ``skip`` (default): s_a = ReLU(lambda_p s_u + (1 - lambda_p) s_v + MLP(s_u, s_v))
+      with the MLP's last layer initialised to zero, so h_phi starts where
+      L_clo's own balance puts the anchor (its optimum, for parents of equal
+      norm) and learns the offset Eq. 2's cross-entropy term asks for. (From
+      the midpoint, (s_u + s_v) / 2, the first epochs' anchors on CIFAR went
+      past L_clo's optimum towards s_v: 16 steps per epoch did not pull them
+      back.) Without it (the old
       MLP from a random init) the phase's few SGD steps per epoch did not
       reach Eq. 2's optimum: on the same fixed digits features the anchors
       kept cos(s_a, s_v) at cos(s_u, s_v) (12% of the way to L_clo's optimum
@@ -76,12 +80,13 @@ class Hallucinator(nn.Module):
     classes.)
     """
 
-    def __init__(self, dim: int, hidden: int = 0, out_relu: bool = True, skip: bool = True, norm: str = "parents"):
+    def __init__(self, dim: int, hidden: int = 0, out_relu: bool = True, skip: bool = True, norm: str = "parents",
+                 lambda_p: float = 0.6):
         super().__init__()
         if norm not in ("free", "parents"):
             raise ValueError(f"norm={norm!r}: use free or parents")
         hidden = hidden or dim
-        self.skip, self.out_relu, self.norm = skip, out_relu, norm
+        self.skip, self.out_relu, self.norm, self.lambda_p = skip, out_relu, norm, lambda_p
         self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
         if skip:
             nn.init.zeros_(self.net[2].weight)
@@ -92,7 +97,7 @@ class Hallucinator(nn.Module):
     def forward(self, s_u: torch.Tensor, s_v: torch.Tensor) -> torch.Tensor:
         z = self.net(torch.cat([s_u, s_v], dim=1))
         if self.skip:
-            z = z + (s_u + s_v) / 2
+            z = z + self.lambda_p * s_u + (1 - self.lambda_p) * s_v
         if self.out_relu:
             z = F.relu(z)
         if self.norm == "parents":

@@ -151,7 +151,7 @@ class Run:
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
             self.hal = Hallucinator(model.feature_dim, cfg.hal_hidden, cfg.hal_out_relu, cfg.hal_skip,
-                                   cfg.hal_norm).to(dev)
+                                   cfg.hal_norm, cfg.lambda_p).to(dev)
         if cl:
             model = model.to(memory_format=torch.channels_last)
         self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes

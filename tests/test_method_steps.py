@@ -116,7 +116,7 @@ def test_hallucinator_phase_reaches_the_minimum_of_eq2_on_fixed_features(old):
     torch.manual_seed(0)
     feats, labels, clf = _clustered_features()
     C, d = 4, feats.shape[1]
-    hal = Hallucinator(d, **(dict(skip=False, norm="free") if old else {}))
+    hal = Hallucinator(d, **(dict(skip=False, norm="free") if old else dict(lambda_p=0.6)))
     opt = torch.optim.SGD(hal.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
     hallucinate(hal, opt, clf, feats, labels, C, iters=300, batch_size=32, lambda_p=0.6,
                 generator=torch.Generator().manual_seed(1))
