@@ -36,6 +36,9 @@ ARCHS = ("small_cnn", "preact_resnet18", "resnet34", "resnet50")
 #: values of these is resumed (``epochs`` may grow: the schedule does not depend
 #: on it), any other difference is refused (:func:`hallnll.train.check_resumable`).
 RESULT_FREE = ("name", "progress", "checkpoint_every", "epochs", "download", "data_root")
+#: Settings added after checkpoints were already written, with the value that
+#: reproduces a run made before them (what a saved config without the key means).
+LEGACY_VALUES = {"hal_skip": False, "hal_norm": "free"}
 #: Noise kinds generated from the clean labels: only these have a target rate (``noise_rate``).
 GENERATED_NOISE = ("symmetric", "asymmetric", "ptd", "classification")
 #: Settings read only to make the noisy labels, with the noise kinds that read them.
