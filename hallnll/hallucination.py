@@ -68,8 +68,10 @@ class Hallucinator(nn.Module):
     the same, hidden 512                          0.02   -0.701   3.8   116
     no output ReLU                                0.48   -0.790   3.6   139
     random init, output at the parents' norm      -0.32  -0.698   1.0   190
-    skip only (norm="free")                       0.52   -0.802   2.7   193
-    skip + norm="parents" (the default)           0.62   -0.799   3.2   261
+    skip from the midpoint, norm="free"           0.52   -0.802   2.7   193
+    skip from the midpoint, norm="parents"        0.62   -0.799   3.2   261
+    skip from L_clo's balance, norm="parents"     0.63   -0.800   3.4   280
+    (the default)
     the anchors optimised directly, pair by pair  0.91   -0.925   5.0   -
     the same, norm held at the parents'           0.20   -0.843   1.0   -
     ============================================  =====  =======  ====  ========
