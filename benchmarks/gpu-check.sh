@@ -7,7 +7,11 @@
 # six runs at once on the one GPU. Writes at most 8 files to OUTDIR:
 # bench.json, bench.log, fidelity.log, fidelity.md, fidelity.json (per-epoch
 # test accuracy, selection and the checks), metrics.tar.gz (every run's
-# metrics.jsonl, config.yaml, summary.json).
+# metrics.jsonl, config.yaml, summary.json). fidelity.md/json also give the
+# hallnll cells' anchor geometry of the last epoch (issue 17: cos(s_a, s_u),
+# cos(s_a, s_v), cos(s_u, s_v), L_clo's optimum, norm ratio, g_rho's p(y_u)/p(y_v)
+# at the anchor's and at the real norm, within-class spread, parent specificity,
+# distinct nearest hard samples); every epoch's are in metrics.jsonl (hal_*).
 #
 #   usage: benchmarks/gpu-check.sh OUTDIR            # on the GPU machine, data staged in .data
 #          benchmarks/gpu-check.sh OUTDIR --dry-run  # anywhere: digits, 3 epochs, the same wiring

@@ -36,6 +36,9 @@ ARCHS = ("small_cnn", "preact_resnet18", "resnet34", "resnet50")
 #: values of these is resumed (``epochs`` may grow: the schedule does not depend
 #: on it), any other difference is refused (:func:`hallnll.train.check_resumable`).
 RESULT_FREE = ("name", "progress", "checkpoint_every", "epochs", "download", "data_root")
+#: Settings added after checkpoints were already written, with the value that
+#: reproduces a run made before them (what a saved config without the key means).
+LEGACY_VALUES = {"hal_skip": False, "hal_norm": "free"}
 #: Noise kinds generated from the clean labels: only these have a target rate (``noise_rate``).
 GENERATED_NOISE = ("symmetric", "asymmetric", "ptd", "classification")
 #: Settings read only to make the noisy labels, with the noise kinds that read them.
@@ -170,6 +173,13 @@ class Config:
     # End h_phi with a ReLU: real features (ReLU + average pooling) are
     # non-negative, so anchors are kept in that cone (see hallucination.py).
     hal_out_relu: bool = True
+    # h_phi starts at L_clo's balance: s_a = ReLU(lambda_p s_u + (1 - lambda_p) s_v + MLP),
+    # its last layer zero at first; and its output's direction is learned apart
+    # from its norm (rescaled to the parents' mean norm times a learned scalar).
+    # Measured, with the reasons, in hallucination.Hallucinator (issue 17);
+    # hal_skip=false, hal_norm=free is the hallucinator before it.
+    hal_skip: bool = True
+    hal_norm: str = "parents"  # parents | free
     # Anchors: Alg. 1 runs I_max hallucinator iterations per epoch, each on a
     # mini-batch of easy features s_u, every s_u paired with a fresh s_v of
     # another class, and keeps every anchor in S_hal. The paper does not give
@@ -306,6 +316,8 @@ class Config:
             bad("lambda_p", "must lie in [0.5, 1] (§3.2)")
         if self.easy_selection not in ("balanced", "gmm"):
             bad("easy_selection", "use balanced (Eq. 1) or gmm (DivideMix's threshold)")
+        if self.hal_norm not in ("parents", "free"):
+            bad("hal_norm", "use parents (the parents' mean norm times a learned scale) or free")
         if not 0.0 <= self.gmm_threshold <= 1.0:
             bad("gmm_threshold", "must lie in [0, 1]")
         if not (self.clean_hard_weight == -1.0 or 0.0 <= self.clean_hard_weight <= 1.0):

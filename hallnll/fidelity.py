@@ -64,6 +64,14 @@ SELECTION_KEYS = {
     "anchor_sim_q50": ("anchor cos q50", False),
     "real_pair_sim_q50": ("real-pair cos q50", False),
 }
+# where the hallnll cells' anchors lie (reporting.anchor_geometry), last epoch: key -> column
+ANCHOR_KEYS = {
+    "hal_cos_u": "cos(a,u)", "hal_cos_v": "cos(a,v)", "hal_cos_uv": "cos(u,v)", "hal_opt_cos_v": "L_clo opt cos(a,v)",
+    "hal_v_share": "share of way to v", "hal_norm_ratio": "norm a / real", "hal_p_u": "p(y_u)", "hal_p_v": "p(y_v)",
+    "hal_p_u_real_norm": "p(y_u) at real norm", "hal_p_v_real_norm": "p(y_v) at real norm",
+    "hal_within_cos": "within-class cos", "easy_within_cos": "easy within-class cos",
+    "hal_parent_top": "own parent in top 5%", "hal_nearest_distinct": "distinct nearest hard",
+}
 
 
 @dataclass
@@ -130,7 +138,7 @@ def cell_summary(cell: Cell) -> dict:
            "per_epoch_std": [_std([h[e]["test_acc"] for h in cell.seeds]) for e in range(n)],
            "best": _mean(best), "best_std": _std(best), "last": _mean(last), "last_std": _std(last),
            "seconds": _mean([sum(r.get("seconds", {}).get("total", 0.0) for r in h) for h in cell.seeds])}
-    for key in SELECTION_KEYS:
+    for key in (*SELECTION_KEYS, *ANCHOR_KEYS):
         out[key] = _mean([h[-1].get(key) for h in cell.seeds])
     return out
 
@@ -275,6 +283,12 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: 
     parts.append("Best and last test accuracy (%), and the last epoch's selection:\n\n"
                  + _table(rows, ["labels", "variant", "seeds", "epochs", "best %", "last %"]
                           + [c for c, _ in SELECTION_KEYS.values()] + ["seconds"]))
+    rows = [[k[0], k[1]] + ["-" if summaries[k][key] is None else f"{summaries[k][key]:.{0 if key.endswith('distinct') else 3}f}"
+                            for key in ANCHOR_KEYS]
+            for k in keys if summaries[k]["hal_cos_u"] is not None]
+    if rows:
+        parts.append("The last epoch's anchors S_hal against their parents (§3.2, means over anchors and seeds):\n\n"
+                     + _table(rows, ["labels", "variant"] + list(ANCHOR_KEYS.values())))
     res = checks(summaries, tol)
     parts.append("Checks (the paper's expectations):\n\n" + _checklist(res))
     ref_res = []

@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 SUBSETS = ("easy", "clean-hard", "unlabeled")
 
@@ -228,3 +229,83 @@ def write_labels_csv(path, given, corrected, easiness, subset_codes, predicted, 
 def read_labels_csv(path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@torch.no_grad()
+def anchor_geometry(anchors: torch.Tensor, labels: torch.Tensor, parents: torch.Tensor, easy_feats: torch.Tensor,
+                    easy_labels: torch.Tensor, classifier, lambda_p: float, real_norm: float,
+                    nearest: torch.Tensor | None = None, n_hard: int | None = None, top: float = 0.05,
+                    max_rank_anchors: int = 1024) -> dict:
+    """Where the anchors of S_hal lie relative to their parents (§3.2), for metrics.jsonl.
+
+    ``anchors`` [M, d] with ``labels`` y~_u and ``parents`` [M, 2] (positions
+    (u, v) in the easy set), ``easy_feats`` / ``easy_labels`` the easy set,
+    ``classifier`` the frozen g_rho (an ``nn.Linear``), ``real_norm`` the mean
+    norm of the real training features, ``nearest`` the §3.3 nearest hard
+    index of each anchor among ``n_hard`` hard samples. Keys (means over S_hal):
+
+    - ``hal_cos_u``, ``hal_cos_v``: cos(s_a, s_u), cos(s_a, s_v);
+      ``hal_cos_uv``: cos(s_u, s_v) of the same pairs;
+    - ``hal_opt_cos_u``, ``hal_opt_cos_v``: the same for the optimum of L_clo
+      alone, a ∝ lambda_p û + (1 - lambda_p) v̂; ``hal_v_share``: the share of
+      the way from cos(s_u, s_v) to that optimum reached by cos(s_a, s_v)
+      (0: no nearer s_v than s_u is, 1: as near as L_clo alone would put it);
+    - ``hal_norm_ratio``: mean ||s_a|| / ``real_norm``;
+    - ``hal_p_u``, ``hal_p_v``: g_rho's softmax at y~_u, y~_v on s_a;
+      ``hal_p_u_real_norm``, ``hal_p_v_real_norm``: on s_a rescaled to ``real_norm``;
+    - ``hal_within_cos`` / ``easy_within_cos``: mean cosine of two anchors
+      (two easy features) of the same class, averaged over classes;
+    - ``hal_parent_top``: share of anchors whose own s_u is among the
+      ``top`` (5%) same-class easy features nearest to s_a (on at most
+      ``max_rank_anchors`` anchors, evenly spaced): how much an anchor
+      depends on its own input; low with ``hal_within_cos`` above
+      ``easy_within_cos`` means the anchors of a class clump together;
+    - ``hal_nearest_distinct``: distinct hard samples that are some anchor's
+      nearest, and ``hal_nearest_distinct_share`` of ``n_hard``.
+
+    O(M d) plus one ``max_rank_anchors x |S_e|`` product: cheap next to an epoch.
+    """
+    a = anchors.float()
+    e = easy_feats.float()
+    y = labels.long().to(a.device)
+    el = easy_labels.long().to(a.device)
+    su, sv = e[parents[:, 0]], e[parents[:, 1]]
+    yv = el[parents[:, 1]]
+    an, un, vn = F.normalize(a, dim=1), F.normalize(su, dim=1), F.normalize(sv, dim=1)
+    opt = F.normalize(lambda_p * un + (1 - lambda_p) * vn, dim=1)
+    cos_u, cos_v, cos_uv = (an * un).sum(1), (an * vn).sum(1), (un * vn).sum(1)
+    opt_u, opt_v = (opt * un).sum(1), (opt * vn).sum(1)
+    w = classifier.weight.detach().float()
+    b = classifier.bias.detach().float() if classifier.bias is not None else None
+    p = F.softmax(F.linear(a, w, b), 1)
+    p_real = F.softmax(F.linear(an * real_norm, w, b), 1)
+    rows = torch.arange(len(a), device=a.device)
+    out = {"hal_cos_u": cos_u.mean(), "hal_cos_v": cos_v.mean(), "hal_cos_uv": cos_uv.mean(),
+           "hal_opt_cos_u": opt_u.mean(), "hal_opt_cos_v": opt_v.mean(),
+           "hal_v_share": (cos_v.mean() - cos_uv.mean()) / (opt_v.mean() - cos_uv.mean()).clamp_min(1e-8),
+           "hal_norm_ratio": a.norm(dim=1).mean() / max(real_norm, 1e-12),
+           "hal_p_u": p[rows, y].mean(), "hal_p_v": p[rows, yv].mean(),
+           "hal_p_u_real_norm": p_real[rows, y].mean(), "hal_p_v_real_norm": p_real[rows, yv].mean(),
+           "hal_within_cos": _within_class_cos(an, y), "easy_within_cos": _within_class_cos(F.normalize(e, dim=1), el)}
+    pick = torch.linspace(0, len(a) - 1, min(len(a), max_rank_anchors), device=a.device).long()
+    sims = an[pick] @ F.normalize(e, dim=1).T  # [m, |S_e|]
+    same = el[None, :] == y[pick, None]
+    own = sims.gather(1, parents[pick, :1]).squeeze(1)
+    rank = ((sims > own[:, None]) & same).sum(1)  # same-class easy features nearer to s_a than its s_u
+    n_top = (same.sum(1).float() * top).ceil().clamp_min(1)
+    out["hal_parent_top"] = (rank < n_top).float().mean()
+    out = {k: float(v) for k, v in out.items()}
+    if nearest is not None:
+        out["hal_nearest_distinct"] = int(torch.unique(nearest).numel())
+        if n_hard:
+            out["hal_nearest_distinct_share"] = out["hal_nearest_distinct"] / n_hard
+    return out
+
+
+def _within_class_cos(unit: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cosine of two distinct rows of the same class (rows unit norm), averaged over classes with >= 2 rows."""
+    c = int(labels.max()) + 1
+    s = torch.zeros(c, unit.shape[1], device=unit.device).index_add_(0, labels, unit)
+    n = torch.bincount(labels, minlength=c).float()
+    ok = n >= 2
+    return (((s * s).sum(1) - n)[ok] / (n * (n - 1))[ok]).mean()

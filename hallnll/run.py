@@ -150,7 +150,8 @@ class Run:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
             model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
-            self.hal = Hallucinator(model.feature_dim, cfg.hal_hidden, cfg.hal_out_relu).to(dev)
+            self.hal = Hallucinator(model.feature_dim, cfg.hal_hidden, cfg.hal_out_relu, cfg.hal_skip,
+                                   cfg.hal_norm, cfg.lambda_p).to(dev)
         if cl:
             model = model.to(memory_format=torch.channels_last)
         self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
@@ -309,7 +310,9 @@ class Run:
           ``anchor_sim_q10/q50/q90``: quantiles of that nearest cosine;
           ``real_pair_sim_q50``: median cosine of random pairs of real
           training features, the level below which lambda_conf filters
-          nothing that chance would not already pass.
+          nothing that chance would not already pass;
+        - ``hal_*``: where S_hal lies against its parents and g_rho
+          (:func:`hallnll.reporting.anchor_geometry`).
         """
         out: dict = {}
         with self.timer.phase("diagnostics"):
@@ -334,6 +337,11 @@ class Run:
                 j = torch.randint(0, n, (4096,), device=self.device, generator=g)
                 pair = torch.nn.functional.cosine_similarity(ez.feats[i].float(), ez.feats[j].float(), dim=1)
                 out["real_pair_sim_q50"] = float(pair.median())
+                easy_idx = sel.easy_mask.nonzero().squeeze(1)
+                out.update(reporting.anchor_geometry(
+                    hal.anchors, hal.labels, hal.parents, ez.feats[easy_idx], self.given[easy_idx],
+                    self.model.classifier, self.cfg.lambda_p, float(ez.feats.float().norm(dim=1).mean()),
+                    sel.hard.nearest, len(sel.hard_index)))
         return out
 
     def bn_diagnostics(self) -> dict:

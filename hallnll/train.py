@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 
 from . import distributed, engine, reporting
-from .config import GENERATED_NOISE, RESULT_FREE, Config, inert_settings
+from .config import GENERATED_NOISE, LEGACY_VALUES, RESULT_FREE, Config, inert_settings
 from .data import ImageData, load_dataset
 from .noise import make_noisy_labels, report, save_label_csv
 from .lock import folder_lock
@@ -148,7 +148,7 @@ def check_resumable(cfg: Config, state: dict, path) -> None:
     if state["epoch"] > cfg.epochs:
         raise CheckpointError(f"{str(path)!r} has already run {state['epoch']} epochs, more than epochs={cfg.epochs}; "
                               f"set epochs >= {state['epoch']}, another --out, or --no-resume")
-    saved = Config().to_dict() | dict(state["config"])
+    saved = Config().to_dict() | LEGACY_VALUES | dict(state["config"])
     now = cfg.to_dict()
     done = int(state["epoch"])
     same_lr = all(engine.step_lr(1.0, t, int(saved.get("lr_decay_epoch") or 0)) == engine.step_lr(1.0, t, cfg.lr_decay_epoch)

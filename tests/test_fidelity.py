@@ -90,7 +90,11 @@ def test_checks_encode_the_papers_expectations():
         ("noisy", "easy"): fidelity.Cell("noisy", "easy", [_hist([0.5, 0.515]), _hist([0.5, 0.525])]),
         ("noisy", "hallnll"): fidelity.Cell("noisy", "hallnll", [_hist([0.5, 0.56]), _hist([0.5, 0.57])]),
     }
+    for h, v in zip(cells[("noisy", "hallnll")].seeds, (0.70, 0.80)):  # the anchors' geometry of the last epoch
+        h[-1].update(hal_cos_u=0.9, hal_cos_v=v, hal_nearest_distinct=100)
     text, report = fidelity.format_report(cells, "header", tol=0.005)
+    assert "| noisy  | hallnll | 0.900    | 0.750    | -" in text and "| 100 " in text
+    assert report["summaries"][-1]["hal_cos_v"] == pytest.approx(0.75)
     got = {c["check"]: c["holds"] for c in report["checks"]}
     assert got["clean: gmm ends at or above ce (tolerance 0.5 points)"] is True
     assert got["clean: easy ends at or above ce (tolerance 0.5 points)"] is False

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hallnll import selection, ssl
+from hallnll import reporting, selection, ssl
 from hallnll.hallucination import Hallucinator, hallucinate, hallucination_loss, sample_partners
 
 
@@ -85,6 +85,84 @@ def test_hallucinator_phase_trains_only_phi_and_keeps_every_anchor():
     later = hallucinate(hal, opt, clf, feats, labels, C, iters=60, batch_size=16, lambda_p=0.6,
                         generator=torch.Generator().manual_seed(2))
     assert later.loss < first.loss  # phi learns Eq. 2
+
+
+def _clustered_features(d=16, C=4, n=48, seed=0):
+    """Fixed non-negative features of C clusters (what ReLU + pooling gives) and a
+    fixed linear g_rho along the class means: the hallucinator phase without a CNN."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(C, d, generator=g) ** 3 * 3
+    labels = torch.arange(C * n) % C
+    feats = F.relu(centers[labels] + 0.3 * torch.randn(C * n, d, generator=g))
+    clf = torch.nn.Linear(d, C)
+    with torch.no_grad():
+        mu = torch.stack([feats[labels == c].mean(0) for c in range(C)])
+        clf.weight.copy_(2 * F.normalize(mu, dim=1))
+        clf.bias.zero_()
+    return feats, labels, clf
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_hallucinator_phase_reaches_the_minimum_of_eq2_on_fixed_features(old):
+    """The phase, with the optimiser a Run gives it (SGD, lr 0.02, momentum 0.9,
+    weight decay 5e-4) and 300 updates of batch 32, minimises Eq. 2 as written.
+
+    The bound: CE >= 0 and L_clo >= its analytic minimum, reached at
+    a ∝ lambda_p û + (1 - lambda_p) v̂, so L_hal >= min L_clo. Stated
+    tolerance: on every easy feature with a partner, mean L_clo within 0.02 of
+    that minimum and mean CE below 0.02, g_rho then assigning y~_u. The h_phi
+    before issue 17 (``skip=False, norm="free"``) stays >= 0.05 above it.
+    """
+    torch.manual_seed(0)
+    feats, labels, clf = _clustered_features()
+    C, d = 4, feats.shape[1]
+    hal = Hallucinator(d, **(dict(skip=False, norm="free") if old else dict(lambda_p=0.6)))
+    opt = torch.optim.SGD(hal.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
+    hallucinate(hal, opt, clf, feats, labels, C, iters=300, batch_size=32, lambda_p=0.6,
+                generator=torch.Generator().manual_seed(1))
+    u = torch.arange(len(feats))
+    v = sample_partners(labels, u, C, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        s_a = hal(feats[u], feats[v])
+        _, clo, ce = hallucination_loss(s_a, feats[u], feats[v], clf(s_a), labels[u], 0.6)
+    best = F.normalize(0.6 * F.normalize(feats[u], dim=1) + 0.4 * F.normalize(feats[v], dim=1), dim=1)
+    clo_min = -(0.6 * F.cosine_similarity(best, feats[u]) + 0.4 * F.cosine_similarity(best, feats[v])).mean()
+    if old:
+        assert float(clo + ce) > float(clo_min) + 0.05
+        return
+    assert float(clo) <= float(clo_min) + 0.02 and float(ce) < 0.02
+    geo = reporting.anchor_geometry(s_a, labels[u], torch.stack([u, v], 1), feats, labels, clf, 0.6,
+                                    float(feats.norm(dim=1).mean()))
+    assert geo["hal_v_share"] > 0.8 and geo["hal_cos_v"] > geo["hal_cos_uv"] + 0.05  # between s_u and s_v
+    assert geo["hal_p_u"] > 0.95
+
+
+def test_anchor_geometry_by_hand():
+    e = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.9, 0.1]])
+    el = torch.tensor([0, 0, 1, 1])
+    par = torch.tensor([[0, 2], [2, 1], [3, 0]])
+    clf = torch.nn.Linear(3, 2)
+    real = 2.0
+    # anchors = their s_u: no way towards s_v, each nearest its own parent
+    g0 = reporting.anchor_geometry(e[par[:, 0]], el[par[:, 0]], par, e, el, clf, 0.6, real,
+                                   nearest=torch.tensor([4, 4, 7]), n_hard=10)
+    assert g0["hal_cos_u"] == pytest.approx(1.0) and g0["hal_v_share"] == pytest.approx(0.0, abs=1e-6)
+    assert g0["hal_parent_top"] == 1.0 and g0["hal_nearest_distinct"] == 2
+    assert g0["hal_nearest_distinct_share"] == 0.2
+    assert g0["hal_norm_ratio"] == pytest.approx(float(e[par[:, 0]].norm(dim=1).mean()) / real)
+    # anchors at L_clo's optimum, three times as long: all the way; g_rho by hand
+    un, vn = F.normalize(e[par[:, 0]], dim=1), F.normalize(e[par[:, 1]], dim=1)
+    opt = 3 * F.normalize(0.6 * un + 0.4 * vn, dim=1)
+    g1 = reporting.anchor_geometry(opt, el[par[:, 0]], par, e, el, clf, 0.6, real)
+    assert g1["hal_v_share"] == pytest.approx(1.0) and g1["hal_cos_v"] == pytest.approx(g1["hal_opt_cos_v"])
+    p = F.softmax(clf(opt), 1).detach()
+    assert g1["hal_p_u"] == pytest.approx(float(p[torch.arange(3), el[par[:, 0]]].mean()), abs=1e-6)
+    p_r = F.softmax(clf(opt / 3 * real), 1).detach()
+    assert g1["hal_p_v_real_norm"] == pytest.approx(float(p_r[torch.arange(3), el[par[:, 1]]].mean()), abs=1e-6)
+    # within-class cosine: class 0's two easy features
+    c0 = float(F.cosine_similarity(e[:1], e[1:2]))
+    c1 = float(F.cosine_similarity(e[2:3], e[3:4]))
+    assert g1["easy_within_cos"] == pytest.approx((c0 + c1) / 2)
 
 
 # ---------------------------------------------------------------- §3.3

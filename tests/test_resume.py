@@ -143,3 +143,12 @@ def test_settings_its_noise_kind_does_not_read_neither_refuse_a_resume_nor_redo_
     assert res.summary["resumed_from_epoch"] == 1 and len(res.history) == 2
     assert jobs.config_hash(f.replace(**other)) == jobs.config_hash(f)
     assert jobs.config_hash(cfg.replace(cbased_epochs=7)) != jobs.config_hash(cfg)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_only_with_its_old_value():
+    # a config saved before hal_skip / hal_norm existed: its hallucinator was the old one
+    saved = {k: v for k, v in load_config("digits-quick").to_dict().items() if k not in ("hal_skip", "hal_norm")}
+    state = {"epoch": 1, "config": saved}
+    with pytest.raises(CheckpointError, match="hal_skip: False -> True"):
+        T.check_resumable(load_config("digits-quick"), state, "old.pt")
+    T.check_resumable(load_config("digits-quick", ["hal_skip=false", "hal_norm=free"]), state, "old.pt")
