@@ -6,8 +6,9 @@ In a notebook, one call after the parameters cell::
     stem = setup(threads=threads, figures_dir=figures_dir)
 
 then the cells the notebooks share: :func:`prepare_short` (the config of a
-short schedule, its data and noisy labels) and :func:`result_row` (a row of a
-summary table of finished runs).
+short schedule, its data and noisy labels), :func:`demo_config` (the config
+of the one-run notebooks) and :func:`result_row` (a row of a summary table
+of finished runs).
 
 For ``hallnll reproduce`` and the tests, :func:`execute` runs a notebook with
 papermill in a fresh kernel of this interpreter, whose environment (thread
@@ -70,6 +71,18 @@ def prepare_short(params: str, epochs: int, warmup_epochs: int, cbased_epochs: i
     cfg = load_config(params, sched + list(settings))
     data, noisy, noise_report = prepare(cfg, progress=False)
     return cfg, data, noisy, noise_report
+
+
+#: the short schedule of the one-run notebooks (06, 09) when their ``overrides`` are None
+DEMO_OVERRIDES = ("epochs=14", "warmup_epochs=8", "lr_decay_epoch=0")  # short: no lr decay
+
+
+def demo_config(params: str, overrides=None, seed: int = 0):
+    """``params`` with ``overrides`` (None: :data:`DEMO_OVERRIDES`), ``seed`` and no
+    progress bars: the config of the one-run notebooks."""
+    from .config import load_config
+
+    return load_config(params, list(DEMO_OVERRIDES if overrides is None else overrides) + [f"seed={seed}", "progress=false"])
 
 
 def _pct(v):
