@@ -82,7 +82,8 @@ def demo_config(params: str, overrides=None, seed: int = 0):
     progress bars: the config of the one-run notebooks."""
     from .config import load_config
 
-    return load_config(params, list(DEMO_OVERRIDES if overrides is None else overrides) + [f"seed={seed}", "progress=false"])
+    chosen = list(DEMO_OVERRIDES if overrides is None else overrides)
+    return load_config(params, chosen + [f"seed={seed}", "progress=false"])
 
 
 def _pct(v):

@@ -267,7 +267,8 @@ def test_issues_from_probs_on_a_models_out_of_sample_probabilities():
     assert np.allclose(df["label_quality"], probs[np.arange(600), noisy])
     truth = np.array([NAMES[i] for i in y])
     assert (df["suggested_label"].to_numpy() == truth).mean() > (df["given_label"].to_numpy() == truth).mean()
-    for bad, match in ((probs[:, :1], "shape"), (np.log(probs + 1e-9), "summing to 1"), (probs[:-1], "one label per row")):
+    for bad, match in ((probs[:, :1], "shape"), (np.log(probs + 1e-9), "summing to 1"),
+                       (probs[:-1], "one label per row")):
         with pytest.raises(hallnll.DataError, match=match):
             hallnll.issues_from_probs(noisy, bad)
     with pytest.raises(hallnll.DataError, match="0..9"):

@@ -52,8 +52,8 @@ def parameters(name: str, tmp: Path) -> dict:
 def test_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
     for expected in ("00_quickstart", "01_label_noise", "02_warmup_gmm", "03_easy_selection", "04_hallucination",
-                     "05_hard_selection", "05b_mixmatch", "06_training", "07_ablation", "08_hyperparameters", "09_figures",
-                     "10_tables"):
+                     "05_hard_selection", "05b_mixmatch", "06_training", "07_ablation", "08_hyperparameters",
+                     "09_figures", "10_tables"):
         assert expected in names
     for n in names:  # a new notebook needs its tiny parameters here
         parameters(n, Path("/tmp"))
