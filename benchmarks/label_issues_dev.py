@@ -74,7 +74,7 @@ def analyze(path) -> None:
         p = d[f"{key}_oos"].astype(np.float64)
         pred = p.argmax(1)
         print(f"\n{key}: out-of-sample accuracy {100 * (pred == y).mean():.1f}%, test {100 * (d[f'{key}_test'].argmax(1) == d['yte']).mean():.1f}%")
-        r = LI.issues_from_probs(p, yn, 0.0)
+        r = LI.prune_by_noise_rate(p, yn, 0.0)
         cl = find_label_issues(yn, p)
         for name, flag in (("report rule (prune by noise rate)", r["is_label_issue"]), ("predicted != given", pred != yn)):
             s = LI.issue_scores(flag, wrong, ~wrong, np.where(flag, pred, yn) == y)
@@ -82,7 +82,7 @@ def analyze(path) -> None:
                   f"recall {100 * s['recall']:.1f}")
         print(f"  cleanlab find_label_issues agrees on {100 * (cl == r['is_label_issue']).mean():.2f}% of the images")
         for bar in (0.0, 0.5, 0.7, 0.8, 0.9):
-            sug = LI.issues_from_probs(p, yn, bar)["suggested"]
+            sug = LI.prune_by_noise_rate(p, yn, bar)["suggested"]
             print(f"  suggest_confidence {bar}: {int((sug != yn).sum()):5d} labels changed, suggested labels "
                   f"{100 * (sug == y).mean():.2f}% right")
 

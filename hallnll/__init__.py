@@ -3,11 +3,12 @@ selection with anchor hallucination — a GPU-first reference implementation.
 
 The public verbs::
 
-    from hallnll import load_config, load_dataset, make_noisy_labels, fit
+    from hallnll import load_config, fit, find_label_issues, issues_from_probs
     cfg = load_config("params/digits-quick.yaml", overrides=["variant=hallnll"])
     result = fit(cfg, out_dir="runs/digits")       # Alg. 1
     print(result.summary["best_acc"])
     issues = find_label_issues(images_uint8, labels)  # a DataFrame, one row per image
+    issues = issues_from_probs(labels, pred_probs)    # the same rule on your own model's out-of-sample probabilities
 
 One module per step of the paper: ``noise`` (§4.1), ``selection`` (§3.1 Eq. 1
 and §3.3), ``hallucination`` (§3.2 Eq. 2), ``ssl`` (§3.4 Eq. 3), ``run``
@@ -43,5 +44,13 @@ def find_label_issues(images, labels, **kwargs):
     return _f(images, labels, **kwargs)
 
 
+def issues_from_probs(labels, pred_probs, **kwargs):
+    """A label-issue DataFrame from given labels and one's own model's out-of-sample
+    probabilities; see :func:`hallnll.label_issues.issues_from_probs`."""
+    from .label_issues import issues_from_probs as _f
+
+    return _f(labels, pred_probs, **kwargs)
+
+
 __all__ = ["Config", "ConfigError", "load_config", "ImageData", "DataError", "load_dataset",
-           "make_noisy_labels", "fit", "find_label_issues", "__version__"]
+           "make_noisy_labels", "fit", "find_label_issues", "issues_from_probs", "__version__"]

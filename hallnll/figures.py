@@ -27,6 +27,8 @@ Steps of the method
       GMM the easiness step fitted), :func:`plot_easiness`, :func:`plot_class_balance`;
     - §3.2: :func:`plot_anchor_similarity`;
     - §3.3 and sweeps: :func:`plot_sweep`;
+    - §3.4: :func:`plot_soft_targets` (images above the bars of their soft
+      targets: refined labels, guesses, mixed targets);
     - runs: :func:`plot_training` (test accuracy), :func:`plot_history` (any
       per-epoch metric), :func:`plot_table_comparison` (ours vs the paper).
 
@@ -480,6 +482,55 @@ def plot_hard_examples(images, indices, given, corrected, true=None, class_names
     return image_grid(as_numpy(images)[idx], titles, ncols=ncols, title_colors=colors,
                       suptitle=title if title is not None else "hard samples: given → corrected label",
                       path_stem=path_stem)
+
+
+def plot_soft_targets(image_rows, bars: dict, titles: Sequence[str] | None = None, class_names=None, marks=None,
+                      row_labels: Sequence[str] | None = None, suptitle: str | None = None, cmap: str = "gray_r",
+                      path_stem=None):
+    """§3.4: a column per image, its image(s) above the bars of its soft targets.
+
+    ``image_rows``: one or more rows of images ``[B, C, H, W]`` (e.g. the two
+    sources of a mixup and the mixed image); ``bars``: legend name -> ``[B, K]``
+    probabilities, drawn side by side per class; ``titles``: one per column;
+    ``marks``: one class per column marked with a triangle under its bars
+    (e.g. the true label), or None."""
+    plt = _plt()
+    rows = [as_numpy(r) for r in (image_rows if isinstance(image_rows, (list, tuple)) else [image_rows])]
+    vals = {k: as_numpy(v).astype(float) for k, v in bars.items()}
+    b = len(rows[0])
+    k = next(iter(vals.values())).shape[1]
+    names = label_names(class_names, k)
+    mk = as_numpy(marks).astype(int) if marks is not None else None
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(rows) + 1, b, figsize=(1.5 * b + 0.4, 1.2 * len(rows) + 1.7), squeeze=False,
+                                 gridspec_kw={"height_ratios": [1] * len(rows) + [1.3]})
+        width = 0.8 / max(len(vals), 1)
+        colors = ["#aab7b8", "#2e86c1", "#c0392b", "#1e8449"]
+        for j in range(b):
+            for r, imgs in enumerate(rows):
+                show_image(axes[r, j], imgs[j], titles[j] if (titles is not None and r == 0) else None, cmap=cmap)
+                if row_labels and j == 0:
+                    axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+            ax = axes[-1, j]
+            for i, (name, v) in enumerate(vals.items()):
+                ax.bar(np.arange(k) + (i - (len(vals) - 1) / 2) * width, v[j], width, color=colors[i % len(colors)],
+                       label=name)
+            if mk is not None:
+                ax.plot([mk[j]], [-0.08], marker="^", color="black", ms=4, clip_on=False)
+            ax.set_ylim(0, 1)
+            ax.set_xticks(np.arange(k))
+            ax.set_xticklabels(names, fontsize=5, rotation=90 if max(len(n) for n in names) > 2 else 0)
+            ax.tick_params(axis="y", labelsize=6)
+            if j:
+                ax.set_yticklabels([])
+        if suptitle:
+            fig.suptitle(suptitle)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        handles, labels = axes[-1, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(vals), fontsize=7, frameon=False)
+        if path_stem is not None:
+            save(fig, path_stem)
+        return fig
 
 
 # =============================================================== runs and tables

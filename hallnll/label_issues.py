@@ -27,15 +27,18 @@ models' probabilities. With k = 2 this costs one run on all images (two
 runs on half); ``label_folds = 0`` uses the final model of one run on all
 images instead, which trained on the given labels of its easy samples.
 
-The rule (:func:`issues_from_probs`) is confident learning's "prune by
+The rule (:func:`prune_by_noise_rate`) is confident learning's "prune by
 noise rate" (Northcutt et al. 2021), written from the paper: the number of
 issues per (given, true) class pair is estimated from the probabilities
 themselves, and that many images with the largest margins are flagged. A
 label is only changed where the model that never saw it gives its own class
-at least ``suggest_confidence``.
+at least ``suggest_confidence``. :func:`issue_columns` turns its result into
+the report's columns, for the method's probabilities and anyone else's.
 
-:func:`find_label_issues` does all of it on arrays (the cleanlab habit);
-:func:`report` on a dataset and a config (what ``hallnll fit-folder`` calls).
+:func:`issues_from_probs` is the table from one's own model's out-of-sample
+probabilities; :func:`find_label_issues` does all of it on arrays (the
+cleanlab habit); :func:`report` on a dataset and a config (what ``hallnll
+fit-folder`` calls).
 """
 from __future__ import annotations
 
@@ -58,8 +61,8 @@ COLUMNS = ("split", "given_label", "suggested_label", "is_label_issue", "label_q
 
 
 # ---------------------------------------------------------------- the rule
-def issues_from_probs(probs: np.ndarray, given: np.ndarray, suggest_confidence: float = 0.9,
-                      joint: Optional[np.ndarray] = None) -> dict:
+def prune_by_noise_rate(probs: np.ndarray, given: np.ndarray, suggest_confidence: float = 0.9,
+                        joint: Optional[np.ndarray] = None) -> dict:
     """Label issues from out-of-sample class probabilities ``probs`` [N, C] and the
     given labels [N] (confident learning, Northcutt et al. 2021, written from the
     paper):
@@ -108,7 +111,7 @@ def issues_from_probs(probs: np.ndarray, given: np.ndarray, suggest_confidence: 
 
 
 def calibrated_joint(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
-    """Steps 1-3 of :func:`issues_from_probs`: the confident joint [C, C] with each
+    """Steps 1-3 of :func:`prune_by_noise_rate`: the confident joint [C, C] with each
     row rescaled to the number of images given that label (counts, not rates)."""
     n, c = probs.shape
     counts = np.bincount(given, minlength=c).astype(np.float64)
@@ -122,6 +125,71 @@ def calibrated_joint(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
     np.add.at(joint, (given[has], confident[has]), 1.0)
     rows = joint.sum(1, keepdims=True)
     return np.where(rows > 0, joint / np.maximum(rows, 1e-12) * counts[:, None], 0.0)
+
+
+ISSUE_COLUMNS = ("given_label", "suggested_label", "is_label_issue", "label_quality")
+
+
+def issue_columns(labels: np.ndarray, pred_probs: np.ndarray, classes, suggest_confidence: float = 0.9) -> dict:
+    """The report's columns ``ISSUE_COLUMNS`` (lists, one entry per image) of
+    :func:`prune_by_noise_rate` on ``pred_probs`` [N, C] and the given
+    ``labels`` [N], labels named by ``classes``. Unchecked: see
+    :func:`issues_from_probs` for the checked entry point."""
+    names = np.asarray(list(classes), dtype=object)
+    labels = np.asarray(labels, dtype=np.int64)
+    r = prune_by_noise_rate(pred_probs, labels, suggest_confidence)
+    return {"given_label": list(names[labels]), "suggested_label": list(names[r["suggested"]]),
+            "is_label_issue": [bool(v) for v in r["is_label_issue"]],
+            "label_quality": [float(v) for v in r["label_quality"]]}
+
+
+def issues_from_probs(labels, pred_probs, *, classes=None, suggest_confidence: float = 0.9):
+    """Label issues from one's own model: a pandas DataFrame, one row per image
+    (``given_label``, ``suggested_label``, ``is_label_issue``,
+    ``label_quality``), by the rule of the method's report
+    (:func:`prune_by_noise_rate`).
+
+    ``labels``: the given labels, integers 0..C-1 [N]; ``pred_probs``: [N, C]
+    out-of-sample class probabilities (each image's from a model that did not
+    train on its label, e.g. cross-validation; rows sum to 1), cleanlab's
+    arguments; ``classes`` names the C classes (default ``"0"``..).
+    ``suggest_confidence``: a flagged label is changed only where the model
+    gives its most likely other class at least this probability. Raises
+    :class:`hallnll.DataError` with what to do when the input does not fit.
+    """
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is in the notebooks/dev extras
+        raise ImportError("issues_from_probs returns a pandas DataFrame: pip install pandas") from None
+    probs = np.asarray(pred_probs)
+    y = np.asarray(labels)
+    if probs.ndim != 2 or probs.shape[0] == 0 or probs.shape[1] < 2:
+        raise DataError(f"pred_probs: expected an array [N, C] of class probabilities (N >= 1 images, C >= 2 "
+                        f"classes), got shape {probs.shape}")
+    n, c = probs.shape
+    if not np.issubdtype(probs.dtype, np.number) or not np.isfinite(probs).all():
+        raise DataError("pred_probs: expected finite numbers; give softmax probabilities, not NaN or inf")
+    probs = probs.astype(np.float64)
+    if probs.min() < 0 or probs.max() > 1 or not np.allclose(probs.sum(1), 1.0, atol=1e-3):
+        worst = int(np.abs(probs.sum(1) - 1.0).argmax())
+        raise DataError(f"pred_probs: each row must be probabilities summing to 1 (row {worst} sums to "
+                        f"{probs[worst].sum():.4g}, values in {probs.min():.4g}..{probs.max():.4g}); "
+                        f"pass softmax(logits), not the logits")
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"labels: expected one label per row of pred_probs ({n}), got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+        raise DataError(f"labels: expected integers 0..{c - 1} (class indices, the columns of pred_probs), got "
+                        f"{y.dtype}; map class names to indices first")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= c:
+        raise DataError(f"labels: expected integers 0..{c - 1} (the {c} columns of pred_probs), got "
+                        f"{y.min()}..{y.max()}")
+    classes = [str(i) for i in range(c)] if classes is None else [str(v) for v in classes]
+    if len(classes) != c:
+        raise DataError(f"classes: {len(classes)} names for the {c} columns of pred_probs; give one name per column")
+    if not 0.0 <= float(suggest_confidence) <= 1.0:
+        raise DataError(f"suggest_confidence: expected a probability in [0, 1], got {suggest_confidence}")
+    return pd.DataFrame(issue_columns(y, probs, classes, float(suggest_confidence)))
 
 
 # ---------------------------------------------------------------- out-of-sample probabilities
@@ -214,8 +282,8 @@ def build(data: ImageData, noisy: torch.Tensor, oos: OutOfSample, suggest_confid
     """The report's columns (a dict of equal-length lists, training rows first)."""
     names = np.asarray(data.classes, dtype=object)
     given = noisy.numpy()
-    tr = issues_from_probs(oos.probs, given, suggest_confidence)
-    te = issues_from_probs(oos.test_probs, data.y_test.numpy(), suggest_confidence)  # the test CSV's own issues
+    tr = issue_columns(given, oos.probs, data.classes, suggest_confidence)
+    te = issue_columns(data.y_test.numpy(), oos.test_probs, data.classes, suggest_confidence)  # the test CSV's own
     n, m = len(given), len(data.y_test)
     cols: dict = {}
     if data.train_paths:
@@ -223,10 +291,7 @@ def build(data: ImageData, noisy: torch.Tensor, oos: OutOfSample, suggest_confid
     else:
         cols["index"] = list(range(n)) + list(range(m))
     cols["split"] = ["train"] * n + ["test"] * m
-    cols["given_label"] = list(names[given]) + list(names[data.y_test.numpy()])
-    cols["suggested_label"] = list(names[tr["suggested"]]) + list(names[te["suggested"]])
-    cols["is_label_issue"] = [bool(v) for v in tr["is_label_issue"]] + [bool(v) for v in te["is_label_issue"]]
-    cols["label_quality"] = [float(v) for v in tr["label_quality"]] + [float(v) for v in te["label_quality"]]
+    cols.update({k: tr[k] + te[k] for k in tr})
     cols["subset"] = [reporting.SUBSETS[s] for s in oos.subset] + ["test"] * m
     if data.train_labels_known:
         cols["true_label"] = list(names[data.y_train.numpy()]) + list(names[data.y_test.numpy()])

@@ -5,6 +5,11 @@ In a notebook, one call after the parameters cell::
     from hallnll.notebook import setup
     stem = setup(threads=threads, figures_dir=figures_dir)
 
+then the cells the notebooks share: :func:`prepare_short` (the config of a
+short schedule, its data and noisy labels), :func:`demo_config` (the config
+of the one-run notebooks) and :func:`result_row` (a row of a summary table
+of finished runs).
+
 For ``hallnll reproduce`` and the tests, :func:`execute` runs a notebook with
 papermill in a fresh kernel of this interpreter, whose environment (thread
 counts, ``PYTHONPATH``) is given to the kernel alone: nothing of this
@@ -49,6 +54,63 @@ def setup(threads: int = 0, figures_dir: str = ""):
         return Path(figures_dir) / name if figures_dir else None
 
     return stem
+
+
+def prepare_short(params: str, epochs: int, warmup_epochs: int, cbased_epochs: int, seed: int = 0, overrides=(),
+                  settings=()):
+    """The notebooks' short run of ``params``: its config on the schedule
+    ``epochs`` (``warmup_epochs`` of warm-up, no lr decay), the noise's CNN
+    trained ``cbased_epochs``, ``seed``, no progress bars, then ``overrides``
+    and ``settings``; and its data and noisy labels
+    (:func:`hallnll.train.prepare`). Returns ``(cfg, data, noisy, noise_report)``."""
+    from .config import load_config
+    from .train import prepare
+
+    sched = [f"epochs={epochs}", f"warmup_epochs={warmup_epochs}", f"cbased_epochs={cbased_epochs}",
+             f"seed={seed}", "progress=false", "lr_decay_epoch=0", *overrides]  # short: no lr decay
+    cfg = load_config(params, sched + list(settings))
+    data, noisy, noise_report = prepare(cfg, progress=False)
+    return cfg, data, noisy, noise_report
+
+
+#: the short schedule of the one-run notebooks (06, 09) when their ``overrides`` are None
+DEMO_OVERRIDES = ("epochs=14", "warmup_epochs=8", "lr_decay_epoch=0")  # short: no lr decay
+
+
+def demo_config(params: str, overrides=None, seed: int = 0):
+    """``params`` with ``overrides`` (None: :data:`DEMO_OVERRIDES`), ``seed`` and no
+    progress bars: the config of the one-run notebooks."""
+    from .config import load_config
+
+    chosen = list(DEMO_OVERRIDES if overrides is None else overrides)
+    return load_config(params, chosen + [f"seed={seed}", "progress=false"])
+
+
+def _pct(v):
+    return 100 * v if v is not None else None
+
+
+# the columns of the notebooks' summary tables: name -> value of a finished run (hallnll.train.RunResult)
+RESULT_COLUMNS = {
+    "best acc %": lambda r: 100 * r.summary["best_acc"],
+    "last acc %": lambda r: 100 * r.summary["last_acc"],
+    "|easy|": lambda r: r.history[-1].get("n_easy"),
+    "|labeled|": lambda r: r.history[-1].get("n_labeled"),
+    "|clean-hard|": lambda r: r.history[-1].get("n_clean_hard"),
+    "easy precision %": lambda r: _pct(r.history[-1].get("precision_easy")),
+    "clean-hard precision %": lambda r: _pct(r.history[-1].get("precision_clean_hard")),
+    "labeled noise %": lambda r: _pct(r.history[-1].get("labeled_noise_rate")),
+    "seconds": lambda r: r.summary["wall_seconds"],
+}
+
+
+def result_row(result, *columns: str) -> dict:
+    """One row of a summary table: the ``columns`` (keys of :data:`RESULT_COLUMNS`)
+    of a finished run, from its summary and its last metrics row."""
+    unknown = [c for c in columns if c not in RESULT_COLUMNS]
+    if unknown:
+        raise KeyError(f"unknown column(s) {unknown}; choose from {list(RESULT_COLUMNS)}")
+    return {c: RESULT_COLUMNS[c](result) for c in columns}
 
 
 def require() -> None:

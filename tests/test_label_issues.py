@@ -11,7 +11,7 @@ import torch
 
 from hallnll.cli import folder_config
 from hallnll.cli import main as cli_main
-from hallnll.label_issues import calibrated_joint, fold_index, issues_from_probs
+from hallnll.label_issues import calibrated_joint, fold_index, prune_by_noise_rate
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # the digits CNN (the CPU profile's ResNet is for photos), a few epochs
@@ -152,15 +152,15 @@ def test_rule_and_folds():
     # confident joint (given -> confident class): 0->0 twice, 0->1 once, 1->0 once, 1->1 twice
     joint = calibrated_joint(probs, given)
     assert np.allclose(joint, [[2, 1], [1, 2]])
-    r = issues_from_probs(probs, given, suggest_confidence=0.9)
+    r = prune_by_noise_rate(probs, given, suggest_confidence=0.9)
     # one issue per off-diagonal count, the largest margin p_j - p_i in its given class
     assert r["is_label_issue"].tolist() == [False, True, True, False, False, False]
     assert r["suggested"].tolist() == [0, 1, 0, 1, 0, 1] and np.allclose(r["label_quality"], probs[range(6), given])
-    r = issues_from_probs(probs, given, suggest_confidence=0.96)  # not confident enough to change a label
+    r = prune_by_noise_rate(probs, given, suggest_confidence=0.96)  # not confident enough to change a label
     assert r["is_label_issue"].sum() == 2 and r["suggested"].tolist() == given.tolist()
     from cleanlab.filter import find_label_issues  # noqa: the same issues as cleanlab's default filter
 
-    assert find_label_issues(given, probs).tolist() == issues_from_probs(probs, given)["is_label_issue"].tolist()
+    assert find_label_issues(given, probs).tolist() == prune_by_noise_rate(probs, given)["is_label_issue"].tolist()
     y = torch.tensor([0] * 10 + [1] * 7 + [2] * 3)
     f = fold_index(y, 2, seed=0)
     for c in range(3):  # stratified: each fold holds half of every class
@@ -241,3 +241,37 @@ def test_a_damaged_run_checkpoint_is_refused_before_the_images_are_read(tmp_path
     err = capsys.readouterr().err
     assert rc == 2 and err.count("error:") == 1 and "fold1/checkpoint.pt" in err and "--no-resume" in err
     assert calls == [] and sorted(p.name for p in out.iterdir()) == ["fold1"]
+
+
+def test_issues_from_probs_on_a_models_out_of_sample_probabilities():
+    """One's own model (logistic regression, 3-fold out-of-sample probabilities) on digits with 25%
+    of the labels flipped: the same rule and columns as the method's report, the input checked."""
+    import hallnll
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    d = load_digits()
+    x, y = d.data[:600] / 16.0, d.target[:600]
+    rng = np.random.default_rng(2)
+    flip = rng.random(len(y)) < 0.25
+    noisy = y.copy()
+    noisy[flip] = (y[flip] + 1 + rng.integers(0, 9, int(flip.sum()))) % 10
+    probs = cross_val_predict(LogisticRegression(max_iter=300), x, noisy, cv=3, method="predict_proba")
+    df = hallnll.issues_from_probs(noisy, probs, classes=NAMES, suggest_confidence=0.6)
+    assert list(df.columns) == ["given_label", "suggested_label", "is_label_issue", "label_quality"] and len(df) == 600
+    assert df["given_label"].tolist() == [NAMES[i] for i in noisy]
+    flagged = df["is_label_issue"].to_numpy()
+    assert flagged.tolist() == prune_by_noise_rate(probs, noisy)["is_label_issue"].tolist()
+    assert (flagged & flip).sum() > 0.7 * flagged.sum() and (flagged & flip).sum() > 0.5 * flip.sum()
+    assert np.allclose(df["label_quality"], probs[np.arange(600), noisy])
+    truth = np.array([NAMES[i] for i in y])
+    assert (df["suggested_label"].to_numpy() == truth).mean() > (df["given_label"].to_numpy() == truth).mean()
+    for bad, match in ((probs[:, :1], "shape"), (np.log(probs + 1e-9), "summing to 1"),
+                       (probs[:-1], "one label per row")):
+        with pytest.raises(hallnll.DataError, match=match):
+            hallnll.issues_from_probs(noisy, bad)
+    with pytest.raises(hallnll.DataError, match="0..9"):
+        hallnll.issues_from_probs(noisy + 1, probs)
+    with pytest.raises(hallnll.DataError, match="one name per column"):
+        hallnll.issues_from_probs(noisy, probs, classes=NAMES[:9])

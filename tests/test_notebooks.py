@@ -39,6 +39,7 @@ def parameters(name: str, tmp: Path) -> dict:
         "03_easy_selection": dict(warmup_epochs=2, cbased_epochs=2, threads=1, p_values=[0.3, 0.4]),
         "04_hallucination": dict(TINY, out_dir=shared_run, hal_iters=5),
         "05_hard_selection": dict(TINY, out_dir=shared_run, lambdas=[0.8, 0.95], n_examples=8),
+        "05b_mixmatch": dict(warmup_epochs=2, cbased_epochs=2, threads=1, n_show=4, overrides=["hal_iters=5"]),
         "06_training": dict(overrides=TINY_OVERRIDES, out_dir=str(tmp / "06"), seed=1, threads=1),
         "07_ablation": dict(TINY, out_dir=str(tmp / "07"), variants=["gmm", "hallnll"]),
         "08_hyperparameters": dict(TINY, out_dir=str(tmp / "08"), p_values=[0.4, 0.5], lambda_conf_values=[0.8]),
@@ -51,8 +52,8 @@ def parameters(name: str, tmp: Path) -> dict:
 def test_notebooks_exist():
     names = [p.stem for p in NOTEBOOKS]
     for expected in ("00_quickstart", "01_label_noise", "02_warmup_gmm", "03_easy_selection", "04_hallucination",
-                     "05_hard_selection", "06_training", "07_ablation", "08_hyperparameters", "09_figures",
-                     "10_tables"):
+                     "05_hard_selection", "05b_mixmatch", "06_training", "07_ablation", "08_hyperparameters",
+                     "09_figures", "10_tables"):
         assert expected in names
     for n in names:  # a new notebook needs its tiny parameters here
         parameters(n, Path("/tmp"))
