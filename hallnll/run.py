@@ -44,7 +44,8 @@ import torch
 
 from . import engine, reporting, selection, ssl
 from .config import Config
-from .data import DeviceImages, ImageData
+from .data import ImageData
+from .data.stream import balanced_draw, device_images
 from .hallucination import HallucinationResult, Hallucinator, StaticHalStep, hallucinate
 from .models import build_model
 
@@ -154,11 +155,17 @@ class Run:
         if cl:
             model = model.to(memory_format=torch.channels_last)
         self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
-        self.train_x = DeviceImages(data.x_train, data.mean, data.std, dev, cl)
-        self.test_x = DeviceImages(data.x_test, data.mean, data.std, dev, cl)
+        # resident uint8 on the device, or streamed from disk per batch (ImagePaths: hallnll.data.stream)
+        self.train_x = device_images(data.x_train, data.mean, data.std, dev, cl, cfg, cfg.seed)
+        self.test_x = device_images(data.x_test, data.mean, data.std, dev, cl, cfg, cfg.seed + 1)
         self.given = noisy.to(dev)
         self.true = data.y_train.to(dev) if data.train_labels_known else None
         self.y_test = data.y_test.to(dev)
+        # the validation split that chooses the reported epoch (App. A, Clothing1M's 14k clean images)
+        self.val_x = None if data.x_val is None else device_images(data.x_val, data.mean, data.std, dev, cl, cfg,
+                                                                   cfg.seed + 2)
+        self.y_val = None if data.y_val is None else data.y_val.to(dev)
+        self.draw: Optional[torch.Tensor] = None  # the training indices of this epoch's draw (Config.epoch_batches)
         self.model = model
         # the compile levers (Config.compile, compile_step): compiled steps get the plain model and compile it inside
         comp = (cfg.compile or cfg.compile_step) and engine.compile_active(dev, cfg.compile_backend)
@@ -285,10 +292,38 @@ class Run:
             engine.recalibrate_bn(self.model, self.train_x, cfg.bn_recal_images, cfg.batch_size, gen,
                                   cfg.crop_padding, cfg.hflip, self.bf16)
 
-    def evaluate(self) -> torch.Tensor:
-        """Top-1 accuracy on the test set (a device tensor)."""
+    def evaluate(self, split: str = "test") -> torch.Tensor:
+        """Top-1 accuracy on the test (or ``val``idation) set (a device tensor)."""
+        images, labels = (self.val_x, self.y_val) if split == "val" else (self.test_x, self.y_test)
         with self.timer.phase("eval"):
-            return engine.accuracy(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size, self.bf16)
+            return engine.accuracy(self.model, images, labels, self.cfg.eval_batch_size, self.bf16)
+
+    # ------------------------------------------------------------ the epoch's draw
+    @contextlib.contextmanager
+    def drawn(self):
+        """The epoch's training set: with ``cfg.epoch_batches``, DivideMix's
+        Clothing1M draw (:func:`hallnll.data.stream.balanced_draw`: ``epoch_batches
+        x batch_size`` images class-balanced by the given labels, twice as many in
+        a warm-up epoch) stands in for the training set while the block runs, so
+        every step of the epoch (warm-up, easiness pass and GMM, selection, SSL,
+        BatchNorm re-estimation) works on it; the whole set is put back after.
+        The draw is seeded by (seed, epoch): a resumed run draws the same images."""
+        cfg = self.cfg
+        if not cfg.epoch_batches:
+            yield
+            return
+        n = cfg.epoch_batches * cfg.batch_size * (2 if self.in_warmup else 1)
+        rng = np.random.default_rng([cfg.seed, self.epochs_done])
+        idx = torch.from_numpy(balanced_draw(self.given.cpu().numpy(), n, self.num_classes, rng))
+        full = self.train_x, self.given, self.true
+        self.draw = idx
+        di = idx.to(self.device)
+        self.train_x, self.given = full[0].subset(idx), full[1][di]
+        self.true = None if full[2] is None else full[2][di]
+        try:
+            yield
+        finally:
+            self.train_x, self.given, self.true = full
 
     # ------------------------------------------------------------ diagnostics
     def selection_diagnostics(self, ez: Easiness, sel: Selection, hal: Optional[HallucinationResult]) -> dict:
@@ -375,6 +410,30 @@ class Run:
         engine.set_lr(self.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
         # the metrics row: every key of metrics.jsonl is set here
         row: dict = {"epoch": t + 1, "lr": lr}
+        with self.drawn():
+            self._train_epoch(row)
+        if cfg.epoch_batches:
+            row["n_drawn"] = len(self.draw)
+        has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
+        if cfg.diagnostics and cfg.bn_recal_images and has_test:
+            with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
+                row["test_acc_running_bn"] = float(engine.accuracy(self.model, self.test_x, self.y_test,
+                                                                   cfg.eval_batch_size, self.bf16))
+        with self.drawn():  # re-estimated on the epoch's draw (the same images: seeded by the epoch)
+            self.recalibrate_bn()
+        if self.y_val is not None:
+            row["val_acc"] = float(self.evaluate("val"))
+        row["test_acc"] = float(self.evaluate()) if has_test else None
+        if cfg.diagnostics and has_test:
+            row.update(self.bn_diagnostics())
+        row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
+        self.history.append(row)
+        self.epochs_done = t + 1
+        return row
+
+    def _train_epoch(self, row: dict) -> None:
+        """The training part of the epoch (warm-up, or selection and SSL) on :meth:`drawn`'s set."""
+        cfg = self.cfg
         if self.in_warmup:
             row["phase"] = "ce" if cfg.variant == "ce" else "warmup"
             row["train_loss"] = float(self.warmup_epoch())
@@ -393,21 +452,9 @@ class Run:
                                                    sel.clean_hard_mask, sel.train_labels))
             if cfg.diagnostics:
                 row.update(self.selection_diagnostics(ez, sel, hal))
-            self.last = sel.state()
+            # the label report covers the whole training set: a drawn epoch's selection does not
+            self.last = sel.state() if not cfg.epoch_batches else {}
             self.last_anchors = anchor_set(hal, sel) if hal is not None else None
-        has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
-        if cfg.diagnostics and cfg.bn_recal_images and has_test:
-            with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
-                row["test_acc_running_bn"] = float(engine.accuracy(self.model, self.test_x, self.y_test,
-                                                                   cfg.eval_batch_size, self.bf16))
-        self.recalibrate_bn()
-        row["test_acc"] = float(self.evaluate()) if has_test else None
-        if cfg.diagnostics and has_test:
-            row.update(self.bn_diagnostics())
-        row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
-        self.history.append(row)
-        self.epochs_done = t + 1
-        return row
 
     def _check_finite(self, value: float, phase: str) -> None:
         if not math.isfinite(value):

@@ -26,6 +26,17 @@ class DeviceImages:
     def __len__(self):
         return self.x.shape[0]
 
+    def subset(self, idx: torch.Tensor) -> "DeviceImages":
+        """The images at ``idx`` (a per-epoch draw, ``Config.epoch_batches``), on the same device."""
+        out = object.__new__(DeviceImages)
+        out.device, out.x, out.mean, out.std, out.channels_last = self.device, self.x[idx.to(self.device)], \
+            self.mean, self.std, self.channels_last
+        return out
+
+    def plan(self, batches, train: bool = True, views: int = 1) -> None:
+        """Nothing to do: the images are already on the device (the streamed path,
+        :class:`hallnll.data.stream.StreamImages`, decodes announced batches ahead)."""
+
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         """Float batch in the memory format the run asks for: channels_last when it is
         on, contiguous NCHW otherwise. Stated explicitly, because the augmented gather

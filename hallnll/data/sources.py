@@ -47,6 +47,10 @@ class ImageData:
     train_labels_known: bool = True  # False for a user's folder: y_train is the given label
     train_paths: list = field(default_factory=list)  # a folder's images as written in its CSV (else empty)
     test_paths: list = field(default_factory=list)
+    # an optional validation split (Clothing1M's 14k clean images): the run reports its
+    # accuracy per epoch and summary.json the test accuracy at the best-validation epoch
+    x_val: object = None
+    y_val: object = None
 
     def head(self, n_train: int = 0, n_test: int = 0) -> "ImageData":
         """The first ``n_train`` training and ``n_test`` test images (0: all), with
@@ -56,7 +60,7 @@ class ImageData:
         return ImageData(self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
                          classes=list(self.classes), mean=self.mean, std=self.std,
                          train_labels_known=self.train_labels_known, train_paths=self.train_paths[tr],
-                         test_paths=self.test_paths[te])
+                         test_paths=self.test_paths[te], x_val=self.x_val, y_val=self.y_val)
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +69,13 @@ class ImageData:
     @property
     def in_channels(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are files streamed per batch (:mod:`hallnll.data.stream`)."""
+        from .stream import ImagePaths
+
+        return isinstance(self.x_train, ImagePaths)
 
     def __post_init__(self):
         if not self.mean:
@@ -299,7 +310,11 @@ def load_dataset(cfg) -> ImageData:
         # noise=none: the CSV's labels are the user's own (their noise is unknown); any other
         # kind adds noise to them, so they are the truth the report can be scored against
         return load_folder(cfg.folder_train_csv, cfg.folder_test_csv, cfg.image_size, labels_are_truth=cfg.noise != "none")
+    if cfg.dataset == "clothing1m":
+        from .clothing1m import load_clothing1m
+
+        return load_clothing1m(cfg.data_root, crop=cfg.image_size, resize=cfg.resize_size)
     if cfg.dataset == "arrays":
         raise DataError("dataset=arrays: the images are in memory; pass them to hallnll.find_label_issues "
                         "(or fit(cfg, data=ImageData(...)))")
-    raise DataError(f"unknown dataset {cfg.dataset!r}; use digits, cifar10, cifar100 or folder")
+    raise DataError(f"unknown dataset {cfg.dataset!r}; use digits, cifar10, cifar100, folder or clothing1m")
