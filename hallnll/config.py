@@ -130,7 +130,10 @@ class Config:
 
     # ---- model --------------------------------------------------------------
     arch: str = "small_cnn"  # small_cnn | preact_resnet18 | resnet34 | resnet50
-    pretrained: str = ""  # resnet50: path to ImageNet weights (a torchvision state dict)
+    # resnet50: ImageNet weights, a local torchvision state-dict file or torchvision's
+    # weights name (IMAGENET1K_V1, as DivideMix's pretrained=True; IMAGENET1K_V2),
+    # downloaded into torch's hub cache when online (hallnll.models.imagenet_state_dict)
+    pretrained: str = ""
     width: int = 0  # base channels (0: the model's own, 64 for the CIFAR ResNets); narrow for CPU-scale checks
 
     # ---- Table 6 ------------------------------------------------------------

@@ -33,10 +33,17 @@ Two transforms (:class:`ImagePaths` ``mode``):
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from .gpu import augment_apply, augment_batch
+
+# torchvision >= 0.29 warns on every decode that its image decoding is deprecated in favour
+# of TorchCodec; it still works (torch 2.11 .. 2.14), so the one warning is silenced here
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 #: Clothing1M's per-channel mean and std (DivideMix's Normalize, dataloader_clothing1M.py).
 CLOTHING1M_MEAN = (0.6959, 0.6537, 0.6371)
@@ -240,3 +247,11 @@ def device_images(x, mean, std, device, channels_last: bool, cfg, seed: int = 0)
     if isinstance(x, ImagePaths):
         return StreamImages(x, mean, std, device, channels_last, cfg.loader_workers, seed)
     return DeviceImages(x, mean, std, device, channels_last)
+
+
+def sample_mean_std(files: ImagePaths, n: int = 1000) -> tuple:
+    """Per-channel mean and std in [0, 1] of the first ``n`` images (evaluation transform):
+    the normalisation of a streamed folder, whose images are never all decoded at once."""
+    k = min(n, len(files))
+    x = _Decode(files)[(np.arange(k), 1, False, 0)][0].float() / 255.0
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
