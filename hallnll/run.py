@@ -42,7 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import engine, reporting, selection, ssl
+from . import cotrain, engine, reporting, selection, ssl
 from .config import Config
 from .data import ImageData
 from .data.stream import balanced_draw, device_images
@@ -150,8 +150,11 @@ class Run:
         cl = cfg.channels_last and (dev.type == "cuda" or self.bf16)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
-            self.hal = Hallucinator(model.feature_dim, cfg.hal_hidden, cfg.hal_out_relu).to(dev)
+            built = []  # cfg.nets networks, each f_theta/g_rho then its h_phi (one network: the draws as always)
+            for _ in range(cfg.nets):
+                m = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
+                built.append((m, Hallucinator(m.feature_dim, cfg.hal_hidden, cfg.hal_out_relu).to(dev)))
+            model, self.hal = built[0]
         if cl:
             model = model.to(memory_format=torch.channels_last)
         self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
@@ -183,6 +186,18 @@ class Run:
         self.hal_opt = engine.make_optimizer(self.hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
                                              cfg.sgd_impl)
         self.hal_step: Optional[StaticHalStep] = None  # Config.hal_graph: built at the first hallucination phase
+        # Config.nets: the networks of the run (hallnll.cotrain); the attributes above are network 1's,
+        # and cotrain.acting(run, k) makes network k the run's while a step runs
+        self.nets = [cotrain.Net(self.model, self.train_model, self.hal, self.opt, self.hal_opt)]
+        for m, h in built[1:]:
+            m = m.to(memory_format=torch.channels_last) if cl else m
+            self.nets.append(cotrain.Net(
+                m, engine.compiled(m, cfg.compile_mode, cfg.compile_backend) if compile_model else m, h,
+                engine.make_optimizer(m.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl),
+                engine.make_optimizer(h.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
+                                      cfg.sgd_impl)))
+        # what is evaluated: the model, or the sum of both networks' logits (DivideMix's test())
+        self.eval_model = self.model if len(self.nets) == 1 else cotrain.Ensemble([n.model for n in self.nets])
         self.gen = torch.Generator(dev).manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.timer = Timer(dev)
@@ -220,7 +235,7 @@ class Run:
         ``omega > gmm_threshold`` for variant ``gmm`` or ``easy_selection=gmm``)."""
         cfg = self.cfg
         with self.timer.phase("select_easy"):
-            if cfg.variant == "gmm" or cfg.easy_selection == "gmm":
+            if cfg.variant in ("gmm", "dividemix") or cfg.easy_selection == "gmm":
                 easy = selection.select_gmm(omega, cfg.gmm_threshold)
             else:
                 easy = selection.select_easy(omega, self.given, self.num_classes, cfg.p)
@@ -263,9 +278,10 @@ class Run:
                 weights[ch] = conf if cfg.clean_hard_weight < 0 else torch.full_like(conf, cfg.clean_hard_weight)
             return Selection(sel.omega, sel.easy_mask, clean_hard, labels, weights, hs)
 
-    def ssl_epoch(self, sel: Selection) -> dict:
+    def ssl_epoch(self, sel: Selection, peer: Optional[torch.nn.Module] = None) -> dict:
         """Alg. 1 lines 20-23 (Eq. 3): one MixMatch pass over the labeled set of ``sel``,
-        the rest unlabeled. Returns the mean losses (device tensors)."""
+        the rest unlabeled; with ``peer`` (the other network, :mod:`hallnll.cotrain`)
+        the unlabeled targets are co-guessed. Returns the mean losses (device tensors)."""
         cfg = self.cfg
         with self.timer.phase("ssl"):
             labeled = sel.labeled_mask
@@ -274,7 +290,7 @@ class Run:
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
                                  sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
-                                 self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16)
+                                 self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16, peer=peer)
 
     def recalibrate_bn(self) -> None:
         """After a training epoch: re-estimate the BatchNorm statistics on
@@ -296,7 +312,7 @@ class Run:
         """Top-1 accuracy on the test (or ``val``idation) set (a device tensor)."""
         images, labels = (self.val_x, self.y_val) if split == "val" else (self.test_x, self.y_test)
         with self.timer.phase("eval"):
-            return engine.accuracy(self.model, images, labels, self.cfg.eval_batch_size, self.bf16)
+            return engine.accuracy(self.eval_model, images, labels, self.cfg.eval_batch_size, self.bf16)
 
     # ------------------------------------------------------------ the epoch's draw
     @contextlib.contextmanager
@@ -370,7 +386,7 @@ class Run:
         """Test accuracy with BatchNorm's batch statistics (``test_acc_batch_bn``):
         far above ``test_acc`` means the running averages misdescribe the weights."""
         with self.timer.phase("diagnostics"):
-            acc = engine.accuracy_batch_stats(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size,
+            acc = engine.accuracy_batch_stats(self.eval_model, self.test_x, self.y_test, self.cfg.eval_batch_size,
                                               self.bf16)
         return {"test_acc_batch_bn": float(acc)}
 
@@ -406,8 +422,9 @@ class Run:
         cfg, t = self.cfg, self.epochs_done
         self.timer.reset()
         lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
-        engine.set_lr(self.opt, lr)
-        engine.set_lr(self.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
+        for net in self.nets:
+            engine.set_lr(net.opt, lr)
+            engine.set_lr(net.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
         # the metrics row: every key of metrics.jsonl is set here
         row: dict = {"epoch": t + 1, "lr": lr}
         with self.drawn():
@@ -417,10 +434,12 @@ class Run:
         has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
         if cfg.diagnostics and cfg.bn_recal_images and has_test:
             with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
-                row["test_acc_running_bn"] = float(engine.accuracy(self.model, self.test_x, self.y_test,
+                row["test_acc_running_bn"] = float(engine.accuracy(self.eval_model, self.test_x, self.y_test,
                                                                    cfg.eval_batch_size, self.bf16))
         with self.drawn():  # re-estimated on the epoch's draw (the same images: seeded by the epoch)
-            self.recalibrate_bn()
+            for k in range(len(self.nets)):
+                with cotrain.acting(self, k):
+                    self.recalibrate_bn()
         if self.y_val is not None:
             row["val_acc"] = float(self.evaluate("val"))
         row["test_acc"] = float(self.evaluate()) if has_test else None
@@ -434,6 +453,8 @@ class Run:
     def _train_epoch(self, row: dict) -> None:
         """The training part of the epoch (warm-up, or selection and SSL) on :meth:`drawn`'s set."""
         cfg = self.cfg
+        if len(self.nets) > 1:
+            return cotrain.train_epoch(self, row)
         if self.in_warmup:
             row["phase"] = "ce" if cfg.variant == "ce" else "warmup"
             row["train_loss"] = float(self.warmup_epoch())
@@ -469,7 +490,10 @@ class Run:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "hal": self.hal.state_dict(),
                 "hal_opt": self.hal_opt.state_dict(), "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state,
                 "history": self.history, "epoch": self.epochs_done, "noisy": self.given.cpu(), "last": self.last,
-                "config": self.cfg.to_dict()}
+                "config": self.cfg.to_dict(),
+                # Config.nets = 2: the second network, its hallucinator and their optimisers
+                "peers": [{"model": n.model.state_dict(), "opt": n.opt.state_dict(), "hal": n.hal.state_dict(),
+                           "hal_opt": n.hal_opt.state_dict()} for n in self.nets[1:]]}
 
     def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
         """Continue from :meth:`state_dict`; refuses a state made with other noisy labels."""
@@ -479,7 +503,11 @@ class Run:
         self.opt.load_state_dict(state["opt"])
         self.hal.load_state_dict(state["hal"])
         self.hal_opt.load_state_dict(state["hal_opt"])
-        self.hal_step = None  # its CUDA graph holds the replaced momentum buffers
+        self.hal_step = self.nets[0].hal_step = None  # its CUDA graph holds the replaced momentum buffers
+        for net, st in zip(self.nets[1:], state.get("peers", [])):
+            for key in ("model", "opt", "hal", "hal_opt"):
+                getattr(net, key).load_state_dict(st[key])
+            net.hal_step = None
         self.gen.set_state(state["gen"].cpu())
         self.rng.bit_generator.state = state["rng"]
         # the last selection stays on the CPU, where Selection.state() made it (a checkpoint read with
@@ -515,9 +543,10 @@ class Run:
             omega, easy, ch, train_labels = (self.last[k] for k in ("omega", "easy_mask", "clean_hard_mask",
                                                                    "train_labels"))
             labeled = easy | ch
-        else:
-            ez = self.easiness()
-            logits, omega = ez.logits, ez.omega.cpu()
+        else:  # the easiness pass without the features ([N, d]: 8 GB for Clothing1M's 1M images at d = 2048)
+            logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16, features=False)
+            losses = selection.per_sample_loss(logits, self.given)
+            omega = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed, cfg.gmm_backend).omega(losses.device).cpu()
             easy = selection.select_gmm(omega, cfg.gmm_threshold)
             ch = torch.zeros_like(easy)
             labeled, train_labels = easy, self.given.cpu()

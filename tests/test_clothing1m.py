@@ -177,3 +177,29 @@ def test_pretrained_weights_by_file_and_by_name_offline(tmp_path, monkeypatch):
         build_model("resnet50", 14, pretrained="IMAGENET1K_V1")
     with pytest.raises(ConfigError, match="neither a file nor a torchvision weights name"):
         build_model("resnet50", 14, pretrained=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("variant", ["hallnll", "dividemix"])
+def test_two_co_trained_networks_run_and_write_their_outputs(tree, tmp_path, variant):
+    out = tmp_path / variant
+    sets = [s for s in TINY if not s.startswith(("epochs=", "epoch_batches="))]
+    rc = cli.main(["train", "clothing1m", "--set", f"data_root={tree[0]}", *sum([["--set", s] for s in sets], []),
+                   "--set", "nets=2", "--set", f"variant={variant}", "--set", "epochs=2", "--set", "epoch_batches=2",
+                   "--out", str(out)])
+    assert rc == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["warmup", "ssl"]
+    ssl_row = rows[1]
+    for k in ("train_loss", "train_loss_2", "n_labeled", "n_labeled_2"):
+        assert k in ssl_row  # both networks trained, each on a division of the 32 drawn images
+    assert ssl_row["n_labeled"] + ssl_row["n_unlabeled"] == ssl_row["n_labeled_2"] + ssl_row["n_unlabeled_2"] == 32
+    assert ("hal_loss_2" in ssl_row) == (variant == "hallnll")  # one hallucinator per network; none for DivideMix
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["variant"] == variant and summary["best_val_epoch"] in (1, 2)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert len(state["peers"]) == 1 and set(state["peers"][0]) == {"model", "opt", "hal", "hal_opt"}
+
+
+def test_dividemix_needs_two_networks(capsys, tmp_path):
+    rc = cli.main(["train", "digits-quick", "--set", "variant=dividemix", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "set nets=2" in capsys.readouterr().err and not (tmp_path / "r").exists()

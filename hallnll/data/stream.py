@@ -84,10 +84,11 @@ def decode(path: str, crop: int, resize: int, mode: str, train: bool, views: int
     from torchvision.io import ImageReadMode, decode_image, read_file
     from torchvision.transforms.v2 import functional as TF
 
-    img = decode_image(read_file(path), mode=ImageReadMode.RGB)
+    # resized in the channels-last layout: torch's antialiased uint8 kernel is ~1.8x faster there
+    img = decode_image(read_file(path), mode=ImageReadMode.RGB).unsqueeze(0).contiguous(memory_format=torch.channels_last)
     if mode == "square":
-        return TF.resize(img, [crop, crop], antialias=True).expand(views, -1, -1, -1)
-    img = TF.resize(img, resize, antialias=True)  # the shorter side to `resize`, as transforms.Resize(256)
+        return TF.resize(img, [crop, crop], antialias=True)[0].expand(views, -1, -1, -1)
+    img = TF.resize(img, resize, antialias=True)[0]  # the shorter side to `resize`, as transforms.Resize(256)
     h, w = img.shape[-2:]
     if not train:
         return TF.center_crop(img, [crop, crop]).expand(views, -1, -1, -1)
