@@ -172,12 +172,14 @@ class Run:
         self.model = model
         # the compile levers (Config.compile, compile_step): compiled steps get the plain model and compile it inside
         comp = (cfg.compile or cfg.compile_step) and engine.compile_active(dev, cfg.compile_backend)
-        compile_model = comp and cfg.compile and not cfg.compile_step
+        # streamed images are decoded by DataLoader workers, which a compiled step cannot hold: the model alone
+        step = cfg.compile_step and not data.streamed
+        compile_model = comp and (cfg.compile or cfg.compile_step) and not step
         self.train_model = engine.compiled(model, cfg.compile_mode, cfg.compile_backend) if compile_model else model
         self.ce_loss = engine.compiled(engine.ce_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and cfg.compile_step else None
+            if comp and step else None
         self.mixmatch_loss = engine.compiled(ssl.mixmatch_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and cfg.compile_step else None
+            if comp and step else None
         if self.ce_loss is not None:  # tensors the compiled steps read whole: CUDA graphs must not copy them
             for t in (self.train_x.x, self.train_x.mean, self.train_x.std, self.given):
                 torch._dynamo.mark_static_address(t)
@@ -316,14 +318,15 @@ class Run:
 
     # ------------------------------------------------------------ the epoch's draw
     @contextlib.contextmanager
-    def drawn(self):
+    def drawn(self, part: int = 0):
         """The epoch's training set: with ``cfg.epoch_batches``, DivideMix's
         Clothing1M draw (:func:`hallnll.data.stream.balanced_draw`: ``epoch_batches
         x batch_size`` images class-balanced by the given labels, twice as many in
         a warm-up epoch) stands in for the training set while the block runs, so
         every step of the epoch (warm-up, easiness pass and GMM, selection, SSL,
         BatchNorm re-estimation) works on it; the whole set is put back after.
-        The draw is seeded by (seed, epoch): a resumed run draws the same images."""
+        The draw is seeded by (seed, epoch), and so are a streamed draw's crops and flips
+        (``part`` 0 training, 1 BatchNorm re-estimation): a resumed run draws the same."""
         cfg = self.cfg
         if not cfg.epoch_batches:
             yield
@@ -334,7 +337,8 @@ class Run:
         full = self.train_x, self.given, self.true
         self.draw = idx
         di = idx.to(self.device)
-        self.train_x, self.given = full[0].subset(idx), full[1][di]
+        self.train_x, self.given = full[0].subset(idx, seed=(cfg.seed * 100_003 + self.epochs_done) * 2 + part), \
+            full[1][di]
         self.true = None if full[2] is None else full[2][di]
         try:
             yield
@@ -436,7 +440,7 @@ class Run:
             with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
                 row["test_acc_running_bn"] = float(engine.accuracy(self.eval_model, self.test_x, self.y_test,
                                                                    cfg.eval_batch_size, self.bf16))
-        with self.drawn():  # re-estimated on the epoch's draw (the same images: seeded by the epoch)
+        with self.drawn(1):  # re-estimated on the epoch's draw (the same images: seeded by the epoch)
             for k in range(len(self.nets)):
                 with cotrain.acting(self, k):
                     self.recalibrate_bn()

@@ -162,13 +162,13 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
                                                                               (lambda_us, torch.float32)))
     tot = torch.zeros(3, device=dev)
     model.train()
-    # streamed data: the workers decode each step's labeled and unlabeled batch ahead, two views each
-    plan = []
-    for it in range(iters):
-        plan.append(lab_idx[pl[it * bs:(it + 1) * bs]])
-        if pu is not None:
-            plan.append(unl_idx[pu[it * bs:(it + 1) * bs]])
-    images.plan(plan, train=True, views=2)
+    if images.streamed:  # the workers decode each step's labeled and unlabeled batch ahead, two views each
+        plan = []
+        for it in range(iters):
+            plan.append(lab_idx[pl[it * bs:(it + 1) * bs]])
+            if pu is not None:
+                plan.append(unl_idx[pu[it * bs:(it + 1) * bs]])
+        images.plan(plan, train=True, views=2)
     if peer is not None:
         peer.eval()
     for it in range(iters):

@@ -19,7 +19,7 @@ from hallnll.data.stream import ImagePaths, StreamImages, balanced_draw
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision")
 
 # a CPU-sized Clothing1M run: the shipped params file with a small CNN, 32 px crops of 36 px
-TINY = ["image_size=32", "resize_size=36", "arch=small_cnn", "width=8", "pretrained=", "batch_size=16",
+TINY = ["nets=1", "image_size=32", "resize_size=36", "arch=small_cnn", "width=8", "pretrained=", "batch_size=16",
         "epoch_batches=4", "epochs=3", "lr_decay_epoch=0", "loader_workers=0", "bn_recal_images=32",
         "diagnostics=false", "progress=false", "eval_batch_size=128", "checkpoint_every=0"]
 

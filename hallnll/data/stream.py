@@ -124,6 +124,8 @@ class StreamImages:
     """Images of an :class:`ImagePaths`, decoded per batch by ``workers`` DataLoader
     workers (0: in this process) and normalised on ``device`` (see the module docstring)."""
 
+    streamed = True
+
     def __init__(self, files: ImagePaths, mean, std, device, channels_last: bool = False, workers: int = 4,
                  seed: int = 0, prefetch: int = 2):
         self.files, self.device = files, torch.device(device)
@@ -143,12 +145,13 @@ class StreamImages:
     def x(self):  # what the resident path's callers read for the shape
         return self.files
 
-    def subset(self, idx) -> "StreamImages":
-        """The images at ``idx`` (a per-epoch draw), with this object's settings."""
+    def subset(self, idx, seed: int | None = None) -> "StreamImages":
+        """The images at ``idx`` (a per-epoch draw), with this object's settings; their
+        crops and flips seeded by ``seed`` (None: the next number of this object's seeds)."""
+        if seed is None:
+            seed = int(torch.randint(2 ** 62, (1,), generator=self.seeds))
         return StreamImages(self.files[idx], (self.mean.view(-1) / 255).tolist(), (self.std.view(-1) / 255).tolist(),
-                            self.device, self.channels_last, self.workers, int(torch.randint(2 ** 62, (1,),
-                                                                                             generator=self.seeds)),
-                            self.prefetch)
+                            self.device, self.channels_last, self.workers, seed, self.prefetch)
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         out = (xb.to(self.device, non_blocking=True).float() - self.mean) / self.std
