@@ -56,6 +56,7 @@ class Net:
 def acting(run, k: int):
     """Network ``k`` is the Run's network while the block runs (its lazily built
     hallucinator step is kept with it); network 0 is put back after."""
+    run.nets[0].hal_step = run.hal_step  # built outside the block by network 0's steps
     for a in NET_ATTRS:
         setattr(run, a, getattr(run.nets[k], a))
     try:

@@ -120,6 +120,28 @@ class _Decode(torch.utils.data.Dataset):
         return torch.stack([decode(f.path(int(i)), f.crop, f.resize, f.mode, train, views, gen) for i in idx], 1)
 
 
+_MMAP_FIXED = False
+
+
+def fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """glibc only: allocations of ``nbytes`` and more always mmap-ed, so freed batches go back
+    to the system. Why: glibc raises its mmap threshold after every large free (up to 32 MB),
+    after which each freed batch stays in the heap; measured on a tree of 4,000 images at
+    96 px, one evaluation pass over it in batches of 64 grew the process by ~5 MB a batch
+    (691 -> 1,082 MB over 60 batches; flat at 691 MB with the threshold fixed at 1 MiB).
+    Called once, by the first :class:`StreamImages`; elsewhere (not glibc) a no-op."""
+    global _MMAP_FIXED
+    if _MMAP_FIXED:
+        return
+    _MMAP_FIXED = True
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD (also stops its adjustment)
+    except (OSError, AttributeError):
+        pass
+
+
 class StreamImages:
     """Images of an :class:`ImagePaths`, decoded per batch by ``workers`` DataLoader
     workers (0: in this process) and normalised on ``device`` (see the module docstring)."""
@@ -128,6 +150,7 @@ class StreamImages:
 
     def __init__(self, files: ImagePaths, mean, std, device, channels_last: bool = False, workers: int = 4,
                  seed: int = 0, prefetch: int = 2):
+        fix_mmap_threshold()
         self.files, self.device = files, torch.device(device)
         c = 3
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
@@ -218,9 +241,11 @@ class StreamImages:
         """Plain (evaluation-transform) batches in order, decoded ahead by the workers."""
         n = len(self)
         chunks = [np.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-        it = self._loader([(c, 1, False, 0) for c in chunks]) if chunks else iter(())
-        for c, out in zip(chunks, it):
-            yield torch.as_tensor(c, device=self.device), self.normalize(out[0])
+        if not chunks:
+            return
+        # the loader iterated alone (zip(chunks, loader) made the process grow by ~5 MB a batch here)
+        for k, out in enumerate(self._loader([(c, 1, False, 0) for c in chunks])):
+            yield torch.as_tensor(chunks[k], device=self.device), self.normalize(out[0])
 
 
 def balanced_draw(labels: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
