@@ -163,6 +163,8 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
     perm = torch.randperm(n, device=images.device, generator=generator)
     total = torch.zeros((), device=images.device)
     steps = max(1, n // batch_size) if n >= batch_size else 1
+    if images.streamed:  # decoded ahead by the workers
+        images.plan([perm[i * batch_size:(i + 1) * batch_size] for i in range(steps)])
     for i in range(steps):
         idx = perm[i * batch_size:(i + 1) * batch_size]
         draws = augment_draws(len(idx), padding, hflip, generator, images.device)
@@ -199,7 +201,8 @@ def recalibrate_bn(model, images: DeviceImages, n_images: int, batch_size: int, 
     k = min(n, n_images)
     idx = torch.randperm(n, device=images.device, generator=generator)[:k]
     steps = max(1, k // batch_size)
-
+    if images.streamed:  # decoded ahead by the workers
+        images.plan([idx[i * batch_size:(i + 1) * batch_size] for i in range(steps)])
     batches = (images.batch(idx[i * batch_size:(i + 1) * batch_size], True, padding, hflip, generator)
                for i in range(steps))
     with autocast(images.device, bf16):

@@ -55,7 +55,8 @@ import torch
 
 from . import engine, reporting
 from .config import Config, ConfigError
-from .data import DataError, DeviceImages, ImageData
+from .data import DataError, ImageData
+from .data.stream import device_images
 
 COLUMNS = ("split", "given_label", "suggested_label", "is_label_issue", "label_quality", "subset")
 
@@ -209,8 +210,10 @@ def fold_index(given: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 def _subset_data(data: ImageData, idx: torch.Tensor, name: str) -> ImageData:
     paths = [data.train_paths[i] for i in idx.tolist()] if data.train_paths else []
+    norm = {"mean": data.mean, "std": data.std} if data.streamed else {}  # streamed: nothing decoded to average
     return ImageData(name, data.x_train[idx], data.y_train[idx], data.x_test, data.y_test, classes=list(data.classes),
-                     train_labels_known=data.train_labels_known, train_paths=paths, test_paths=list(data.test_paths))
+                     train_labels_known=data.train_labels_known, train_paths=paths, test_paths=list(data.test_paths),
+                     **norm)
 
 
 @torch.no_grad()
@@ -218,7 +221,7 @@ def _probs(model, x: torch.Tensor, data: ImageData, cfg: Config, device) -> np.n
     if len(x) == 0:
         return np.zeros((0, data.num_classes), np.float32)
     bf16 = engine.use_bf16(cfg, device)  # as the Run that trained the model
-    images = DeviceImages(x, data.mean, data.std, device, cfg.channels_last and (device.type == "cuda" or bf16))
+    images = device_images(x, data.mean, data.std, device, cfg.channels_last and (device.type == "cuda" or bf16), cfg)
     logits, _ = engine.predict(model, images, cfg.eval_batch_size, bf16, features=False)
     return torch.softmax(logits.float(), 1).cpu().numpy()
 

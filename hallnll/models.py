@@ -126,8 +126,7 @@ class TorchvisionResNet50(nn.Module):
 
         net = torchvision.models.resnet50(weights=None)
         if pretrained:
-            state = torch.load(pretrained, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
+            net.load_state_dict(imagenet_state_dict(pretrained))
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.feature_dim = net.fc.in_features
@@ -140,6 +139,40 @@ class TorchvisionResNet50(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+def imagenet_state_dict(spec: str) -> dict:
+    """ResNet-50's ImageNet weights named by ``Config.pretrained``: a local state-dict
+    file, or torchvision's published weights by name (``IMAGENET1K_V1``, DivideMix's
+    ``pretrained=True``; ``IMAGENET1K_V2``; ``DEFAULT``; also ``ResNet50_Weights.X``),
+    fetched into torch's hub cache when online and read from there when not. Anything
+    else, or a name that cannot be fetched, raises one ConfigError that says where to
+    put the file."""
+    from pathlib import Path
+
+    from .config import ConfigError
+
+    if Path(spec).expanduser().is_file():
+        return torch.load(Path(spec).expanduser(), map_location="cpu", weights_only=True)
+    from torchvision.models import ResNet50_Weights
+
+    name = spec.split(".", 1)[1] if spec.startswith("ResNet50_Weights.") else spec
+    if name not in ResNet50_Weights.__members__:
+        raise ConfigError(f"config: pretrained={spec!r} is neither a file nor a torchvision weights name; give the "
+                          f"path of a ResNet-50 ImageNet state dict or one of "
+                          f"{', '.join(ResNet50_Weights.__members__)}")
+    weights = ResNet50_Weights[name]
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.hub's "Downloading: ..." line
+            return weights.get_state_dict(progress=False)
+    except Exception as e:  # offline: URLError, DNS, ...
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise ConfigError(f"config: pretrained={spec!r}: cannot download {weights.url} ({type(e).__name__}); put "
+                          f"that file at {str(cache)!r} (torch's hub cache, read without network), or set "
+                          f"pretrained to the path of a local ResNet-50 state dict") from None
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, pretrained: str = "", width: int = 0) -> nn.Module:

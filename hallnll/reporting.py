@@ -1,7 +1,8 @@
 """What a run leaves behind, and the selection metrics.
 
 - ``metrics.jsonl``: one JSON object per epoch (see :func:`selection_metrics`).
-- ``summary.json``: best and last test accuracy, epochs, wall seconds (the
+- ``summary.json``: best and last test accuracy (with a validation split, also
+  ``best_val_epoch``, its ``best_val_acc`` and ``test_acc_at_best_val``), epochs, wall seconds (the
   whole run, and this session's apart after a resume), the noise's target rate
   only for generated noise.
 - ``labels.csv``: the method's selection after the last epoch, one row per
@@ -152,6 +153,10 @@ def summarize(history: list, wall_seconds: float, cfg=None) -> dict:
         "wall_seconds": wall_seconds,
         "seconds_per_ssl_epoch": sum(ssl) / len(ssl) if ssl else None,
     }
+    vals = [(r["val_acc"], i) for i, r in enumerate(history) if r.get("val_acc") is not None]
+    if vals:  # App. A: the epoch chosen on the validation set, and its test accuracy (the paper's quantity)
+        v, i = max(vals, key=lambda t: (t[0], -t[1]))  # the first epoch of the best validation accuracy
+        out.update(best_val_acc=v, best_val_epoch=history[i]["epoch"], test_acc_at_best_val=history[i].get("test_acc"))
     if cfg is not None:
         from .config import GENERATED_NOISE
 

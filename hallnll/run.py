@@ -42,9 +42,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import distributed, engine, reporting, selection, ssl
-from .config import Config
-from .data import DeviceImages, ImageData
+from . import cotrain, distributed, engine, reporting, selection, ssl
+from .config import Config, ConfigError
+from .data import ImageData
+from .data.stream import balanced_draw, device_images
 from .hallucination import HallucinationResult, Hallucinator, StaticHalStep, hallucinate
 from .models import build_model
 
@@ -149,30 +150,44 @@ class Run:
         cl = cfg.channels_last and (dev.type == "cuda" or self.bf16)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            model = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
-            self.hal = Hallucinator(model.feature_dim, cfg.hal_hidden, cfg.hal_out_relu, cfg.hal_skip,
-                                   cfg.hal_norm, cfg.lambda_p).to(dev)
+            built = []  # cfg.nets networks, each f_theta/g_rho then its h_phi (one network: the draws as always)
+            for _ in range(cfg.nets):
+                m = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
+                built.append((m, Hallucinator(m.feature_dim, cfg.hal_hidden, cfg.hal_out_relu, cfg.hal_skip,
+                                              cfg.hal_norm, cfg.lambda_p).to(dev)))
+            model, self.hal = built[0]
         if cl:
             model = model.to(memory_format=torch.channels_last)
         self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
-        self.train_x = DeviceImages(data.x_train, data.mean, data.std, dev, cl)
-        self.test_x = DeviceImages(data.x_test, data.mean, data.std, dev, cl)
+        # resident uint8 on the device, or streamed from disk per batch (ImagePaths: hallnll.data.stream)
+        self.train_x = device_images(data.x_train, data.mean, data.std, dev, cl, cfg, cfg.seed)
+        self.test_x = device_images(data.x_test, data.mean, data.std, dev, cl, cfg, cfg.seed + 1)
         self.given = noisy.to(dev)
         self.true = data.y_train.to(dev) if data.train_labels_known else None
         self.y_test = data.y_test.to(dev)
+        # the validation split that chooses the reported epoch (App. A, Clothing1M's 14k clean images)
+        self.val_x = None if data.x_val is None else device_images(data.x_val, data.mean, data.std, dev, cl, cfg,
+                                                                   cfg.seed + 2)
+        self.y_val = None if data.y_val is None else data.y_val.to(dev)
+        self.draw: Optional[torch.Tensor] = None  # the training indices of this epoch's draw (Config.epoch_batches)
         self.model = model
         # the compile levers (Config.compile, compile_step): compiled steps get the plain model and compile it inside
         comp = (cfg.compile or cfg.compile_step) and engine.compile_active(dev, cfg.compile_backend)
-        compile_model = comp and cfg.compile and not cfg.compile_step
+        # streamed images are decoded by DataLoader workers, which a compiled step cannot hold: the model alone
+        step = cfg.compile_step and not data.streamed
+        compile_model = comp and (cfg.compile or cfg.compile_step) and not step
         self.train_model = engine.compiled(model, cfg.compile_mode, cfg.compile_backend) if compile_model else model
         # DDP under torchrun (hallnll.distributed): gradients averaged over the ranks, each on its part of a batch
         self.part = distributed.batch_part()
         if self.part is not None:
+            if cfg.nets > 1:
+                raise ConfigError("nets=2 under torchrun (DDP) is not built yet: run the co-trained networks in one "
+                                  "process, or nets=1 over several")
             self.train_model = distributed.wrap(model)
         self.ce_loss = engine.compiled(engine.ce_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and cfg.compile_step else None
+            if comp and step else None
         self.mixmatch_loss = engine.compiled(ssl.mixmatch_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and cfg.compile_step else None
+            if comp and step else None
         if self.ce_loss is not None:  # tensors the compiled steps read whole: CUDA graphs must not copy them
             for t in (self.train_x.x, self.train_x.mean, self.train_x.std, self.given):
                 torch._dynamo.mark_static_address(t)
@@ -181,6 +196,18 @@ class Run:
         self.hal_opt = engine.make_optimizer(self.hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
                                              cfg.sgd_impl)
         self.hal_step: Optional[StaticHalStep] = None  # Config.hal_graph: built at the first hallucination phase
+        # Config.nets: the networks of the run (hallnll.cotrain); the attributes above are network 1's,
+        # and cotrain.acting(run, k) makes network k the run's while a step runs
+        self.nets = [cotrain.Net(self.model, self.train_model, self.hal, self.opt, self.hal_opt)]
+        for m, h in built[1:]:
+            m = m.to(memory_format=torch.channels_last) if cl else m
+            self.nets.append(cotrain.Net(
+                m, engine.compiled(m, cfg.compile_mode, cfg.compile_backend) if compile_model else m, h,
+                engine.make_optimizer(m.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl),
+                engine.make_optimizer(h.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
+                                      cfg.sgd_impl)))
+        # what is evaluated: the model, or the sum of both networks' logits (DivideMix's test())
+        self.eval_model = self.model if len(self.nets) == 1 else cotrain.Ensemble([n.model for n in self.nets])
         self.gen = torch.Generator(dev).manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.timer = Timer(dev)
@@ -219,7 +246,7 @@ class Run:
         ``omega > gmm_threshold`` for variant ``gmm`` or ``easy_selection=gmm``)."""
         cfg = self.cfg
         with self.timer.phase("select_easy"):
-            if cfg.variant == "gmm" or cfg.easy_selection == "gmm":
+            if cfg.variant in ("gmm", "dividemix") or cfg.easy_selection == "gmm":
                 easy = selection.select_gmm(omega, cfg.gmm_threshold)
             else:
                 easy = selection.select_easy(omega, self.given, self.num_classes, cfg.p)
@@ -262,9 +289,10 @@ class Run:
                 weights[ch] = conf if cfg.clean_hard_weight < 0 else torch.full_like(conf, cfg.clean_hard_weight)
             return Selection(sel.omega, sel.easy_mask, clean_hard, labels, weights, hs)
 
-    def ssl_epoch(self, sel: Selection) -> dict:
+    def ssl_epoch(self, sel: Selection, peer: Optional[torch.nn.Module] = None) -> dict:
         """Alg. 1 lines 20-23 (Eq. 3): one MixMatch pass over the labeled set of ``sel``,
-        the rest unlabeled. Returns the mean losses (device tensors)."""
+        the rest unlabeled; with ``peer`` (the other network, :mod:`hallnll.cotrain`)
+        the unlabeled targets are co-guessed. Returns the mean losses (device tensors)."""
         cfg = self.cfg
         with self.timer.phase("ssl"):
             labeled = sel.labeled_mask
@@ -273,7 +301,8 @@ class Run:
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
                                  sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
-                                 self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16, part=self.part)
+                                 self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16, part=self.part,
+                                 peer=peer)
 
     def recalibrate_bn(self) -> None:
         """After a training epoch: re-estimate the BatchNorm statistics on
@@ -291,10 +320,40 @@ class Run:
                                       cfg.crop_padding, cfg.hflip, self.bf16)
         distributed.sync_buffers(self.model)  # DDP: rank 0's statistics on every rank
 
-    def evaluate(self) -> torch.Tensor:
-        """Top-1 accuracy on the test set (a device tensor)."""
+    def evaluate(self, split: str = "test") -> torch.Tensor:
+        """Top-1 accuracy on the test (or ``val``idation) set (a device tensor)."""
+        images, labels = (self.val_x, self.y_val) if split == "val" else (self.test_x, self.y_test)
         with self.timer.phase("eval"):
-            return engine.accuracy(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size, self.bf16)
+            return engine.accuracy(self.eval_model, images, labels, self.cfg.eval_batch_size, self.bf16)
+
+    # ------------------------------------------------------------ the epoch's draw
+    @contextlib.contextmanager
+    def drawn(self, part: int = 0):
+        """The epoch's training set: with ``cfg.epoch_batches``, DivideMix's
+        Clothing1M draw (:func:`hallnll.data.stream.balanced_draw`: ``epoch_batches
+        x batch_size`` images class-balanced by the given labels, twice as many in
+        a warm-up epoch) stands in for the training set while the block runs, so
+        every step of the epoch (warm-up, easiness pass and GMM, selection, SSL,
+        BatchNorm re-estimation) works on it; the whole set is put back after.
+        The draw is seeded by (seed, epoch), and so are a streamed draw's crops and flips
+        (``part`` 0 training, 1 BatchNorm re-estimation): a resumed run draws the same."""
+        cfg = self.cfg
+        if not cfg.epoch_batches:
+            yield
+            return
+        n = cfg.epoch_batches * cfg.batch_size * (2 if self.in_warmup else 1)
+        rng = np.random.default_rng([cfg.seed, self.epochs_done])
+        idx = torch.from_numpy(balanced_draw(self.given.cpu().numpy(), n, self.num_classes, rng))
+        full = self.train_x, self.given, self.true
+        self.draw = idx
+        di = idx.to(self.device)
+        self.train_x, self.given = full[0].subset(idx, seed=(cfg.seed * 100_003 + self.epochs_done) * 2 + part), \
+            full[1][di]
+        self.true = None if full[2] is None else full[2][di]
+        try:
+            yield
+        finally:
+            self.train_x, self.given, self.true = full
 
     # ------------------------------------------------------------ diagnostics
     def selection_diagnostics(self, ez: Easiness, sel: Selection, hal: Optional[HallucinationResult]) -> dict:
@@ -348,7 +407,7 @@ class Run:
         """Test accuracy with BatchNorm's batch statistics (``test_acc_batch_bn``):
         far above ``test_acc`` means the running averages misdescribe the weights."""
         with self.timer.phase("diagnostics"):
-            acc = engine.accuracy_batch_stats(self.model, self.test_x, self.y_test, self.cfg.eval_batch_size,
+            acc = engine.accuracy_batch_stats(self.eval_model, self.test_x, self.y_test, self.cfg.eval_batch_size,
                                               self.bf16)
         return {"test_acc_batch_bn": float(acc)}
 
@@ -384,10 +443,39 @@ class Run:
         cfg, t = self.cfg, self.epochs_done
         self.timer.reset()
         lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
-        engine.set_lr(self.opt, lr)
-        engine.set_lr(self.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
+        for net in self.nets:
+            engine.set_lr(net.opt, lr)
+            engine.set_lr(net.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
         # the metrics row: every key of metrics.jsonl is set here
         row: dict = {"epoch": t + 1, "lr": lr}
+        with self.drawn():
+            self._train_epoch(row)
+        if cfg.epoch_batches:
+            row["n_drawn"] = len(self.draw)
+        has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
+        if cfg.diagnostics and cfg.bn_recal_images and has_test:
+            with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
+                row["test_acc_running_bn"] = float(engine.accuracy(self.eval_model, self.test_x, self.y_test,
+                                                                   cfg.eval_batch_size, self.bf16))
+        with self.drawn(1):  # re-estimated on the epoch's draw (the same images: seeded by the epoch)
+            for k in range(len(self.nets)):
+                with cotrain.acting(self, k):
+                    self.recalibrate_bn()
+        if self.y_val is not None:
+            row["val_acc"] = float(self.evaluate("val"))
+        row["test_acc"] = float(self.evaluate()) if has_test else None
+        if cfg.diagnostics and has_test:
+            row.update(self.bn_diagnostics())
+        row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
+        self.history.append(row)
+        self.epochs_done = t + 1
+        return row
+
+    def _train_epoch(self, row: dict) -> None:
+        """The training part of the epoch (warm-up, or selection and SSL) on :meth:`drawn`'s set."""
+        cfg = self.cfg
+        if len(self.nets) > 1:
+            return cotrain.train_epoch(self, row)
         if self.in_warmup:
             row["phase"] = "ce" if cfg.variant == "ce" else "warmup"
             row["train_loss"] = float(self.warmup_epoch())
@@ -406,21 +494,9 @@ class Run:
                                                    sel.clean_hard_mask, sel.train_labels))
             if cfg.diagnostics:
                 row.update(self.selection_diagnostics(ez, sel, hal))
-            self.last = sel.state()
+            # the label report covers the whole training set: a drawn epoch's selection does not
+            self.last = sel.state() if not cfg.epoch_batches else {}
             self.last_anchors = anchor_set(hal, sel) if hal is not None else None
-        has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
-        if cfg.diagnostics and cfg.bn_recal_images and has_test:
-            with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
-                row["test_acc_running_bn"] = float(engine.accuracy(self.model, self.test_x, self.y_test,
-                                                                   cfg.eval_batch_size, self.bf16))
-        self.recalibrate_bn()
-        row["test_acc"] = float(self.evaluate()) if has_test else None
-        if cfg.diagnostics and has_test:
-            row.update(self.bn_diagnostics())
-        row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
-        self.history.append(row)
-        self.epochs_done = t + 1
-        return row
 
     def _check_finite(self, value: float, phase: str) -> None:
         if not math.isfinite(value):
@@ -435,7 +511,10 @@ class Run:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "hal": self.hal.state_dict(),
                 "hal_opt": self.hal_opt.state_dict(), "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state,
                 "history": self.history, "epoch": self.epochs_done, "noisy": self.given.cpu(), "last": self.last,
-                "config": self.cfg.to_dict()}
+                "config": self.cfg.to_dict(),
+                # Config.nets = 2: the second network, its hallucinator and their optimisers
+                "peers": [{"model": n.model.state_dict(), "opt": n.opt.state_dict(), "hal": n.hal.state_dict(),
+                           "hal_opt": n.hal_opt.state_dict()} for n in self.nets[1:]]}
 
     def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
         """Continue from :meth:`state_dict`; refuses a state made with other noisy labels."""
@@ -445,7 +524,11 @@ class Run:
         self.opt.load_state_dict(state["opt"])
         self.hal.load_state_dict(state["hal"])
         self.hal_opt.load_state_dict(state["hal_opt"])
-        self.hal_step = None  # its CUDA graph holds the replaced momentum buffers
+        self.hal_step = self.nets[0].hal_step = None  # its CUDA graph holds the replaced momentum buffers
+        for net, st in zip(self.nets[1:], state.get("peers", [])):
+            for key in ("model", "opt", "hal", "hal_opt"):
+                getattr(net, key).load_state_dict(st[key])
+            net.hal_step = None
         self.gen.set_state(state["gen"].cpu())
         self.rng.bit_generator.state = state["rng"]
         # the last selection stays on the CPU, where Selection.state() made it (a checkpoint read with
@@ -481,9 +564,10 @@ class Run:
             omega, easy, ch, train_labels = (self.last[k] for k in ("omega", "easy_mask", "clean_hard_mask",
                                                                    "train_labels"))
             labeled = easy | ch
-        else:
-            ez = self.easiness()
-            logits, omega = ez.logits, ez.omega.cpu()
+        else:  # the easiness pass without the features ([N, d]: 8 GB for Clothing1M's 1M images at d = 2048)
+            logits, _ = engine.predict(self.model, self.train_x, cfg.eval_batch_size, self.bf16, features=False)
+            losses = selection.per_sample_loss(logits, self.given)
+            omega = selection.fit_loss_gmm(losses, cfg.gmm_max_iter, cfg.seed, cfg.gmm_backend).omega(losses.device).cpu()
             easy = selection.select_gmm(omega, cfg.gmm_threshold)
             ch = torch.zeros_like(easy)
             labeled, train_labels = easy, self.given.cpu()

@@ -80,14 +80,17 @@ def ssl_loss(logits: torch.Tensor, mixed_targets: torch.Tensor, n_labeled: int, 
 
 def mixmatch_loss(model, images, il: torch.Tensor, iu, draws: list, y_l: torch.Tensor, w_l: torch.Tensor, lam,
                   perm: torch.Tensor, lambda_u, num_classes: int, sharpen_t: float, lambda_prior: float,
-                  padding: int = 4, bf16: bool = False):
+                  padding: int = 4, bf16: bool = False, peer=None):
     """One MixMatch step's loss (Eq. 3) from its batch and its random numbers.
 
     ``il``/``iu`` index the labeled/unlabeled images (``iu`` None: no
     unlabeled part); ``draws`` are the augmentation draws of the views
     (labeled 1, 2, unlabeled 1, 2); ``y_l``/``w_l`` the labels and refinement
     weights of ``il``; ``lam`` the mixup coefficient and ``perm`` its
-    permutation; ``lambda_u`` the weight of L_MSE. A pure function of its
+    permutation; ``lambda_u`` the weight of L_MSE. ``peer`` (two co-trained
+    networks, :mod:`hallnll.cotrain`; in eval mode) co-guesses the unlabeled
+    targets: sharpen of the mean of both networks' softmax on both views,
+    DivideMix's label co-guessing. A pure function of its
     arguments (no generator inside), so it can be compiled. Returns
     ``(loss, l_ce, l_mse)``.
     """
@@ -104,7 +107,12 @@ def mixmatch_loss(model, images, il: torch.Tensor, iu, draws: list, y_l: torch.T
         targets = [tx, tx]
         if iu is not None:
             b_u = len(iu)
-            tu = unlabeled_targets(probs[2 * b_l:2 * b_l + b_u], probs[2 * b_l + b_u:], sharpen_t)
+            pu1, pu2 = probs[2 * b_l:2 * b_l + b_u], probs[2 * b_l + b_u:]
+            if peer is not None:
+                with autocast(dev, bf16):
+                    q = torch.softmax(peer(torch.cat(parts[2:])).float(), dim=1)
+                pu1, pu2 = (pu1 + q[:b_u]) / 2, (pu2 + q[b_u:]) / 2  # (p11 + p12 + p21 + p22) / 4 after the mean
+            tu = unlabeled_targets(pu1, pu2, sharpen_t)
             targets += [tu, tu]
     all_x, all_t = torch.cat(parts), torch.cat(targets)
     mx, mt = mix(all_x, all_t, lam, perm)
@@ -115,7 +123,7 @@ def mixmatch_loss(model, images, il: torch.Tensor, iu, draws: list, y_l: torch.T
 
 def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tensor, lab_w: torch.Tensor,
               unl_idx: torch.Tensor, num_classes: int, cfg, epoch: int, generator, rng: np.random.Generator,
-              iters: int, step_fn=None, loss_fn=None, bf16: bool | None = None, part=None) -> dict:
+              iters: int, step_fn=None, loss_fn=None, bf16: bool | None = None, part=None, peer=None) -> dict:
     """One classification phase of Alg. 1 (lines 20-23): ``iters`` MixMatch steps.
 
     ``lab_idx``/``unl_idx`` index the training images; ``lab_labels`` are the
@@ -129,7 +137,9 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
     :func:`hallnll.distributed.batch_part`): each rank trains on its slice of
     every global batch, drawn alike on every rank; its mixup permutation is the
     order of the first entries of the global one (a uniform permutation of its
-    part). Returns 0-dim device tensors (mean loss, L_CE, L_MSE).
+    part). ``peer``: the other network of a co-trained run, put in eval mode for
+    the epoch (DivideMix's ``net2.eval()``) and co-guessing the unlabeled
+    targets. Returns 0-dim device tensors (mean loss, L_CE, L_MSE).
     """
     dev = images.device
     bs = cfg.batch_size
@@ -155,6 +165,15 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
                                                                               (lambda_us, torch.float32)))
     tot = torch.zeros(3, device=dev)
     model.train()
+    if images.streamed:  # the workers decode each step's labeled and unlabeled batch ahead, two views each
+        plan = []
+        for it in range(iters):
+            plan.append(lab_idx[pl[it * bs:(it + 1) * bs]])
+            if pu is not None:
+                plan.append(unl_idx[pu[it * bs:(it + 1) * bs]])
+        images.plan(plan, train=True, views=2)
+    if peer is not None:
+        peer.eval()
     for it in range(iters):
         sl = pl[it * bs:(it + 1) * bs]
         il = lab_idx[sl]
@@ -175,15 +194,18 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
             perm = perm[:2 * len(il) + (2 * len(iu) if iu is not None else 0)].argsort()
         if loss_fn is None:
             loss, l_ce, l_mse = mixmatch_loss(model, images, il, iu, draws, y_l, w_l, float(lams[it]),
-                                              perm, lambda_us[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16)
+                                              perm, lambda_us[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16,
+                                              peer=peer)
         else:
             loss, l_ce, l_mse = loss_fn(model, images, il, iu, draws, y_l, w_l, lam_t[it], perm,
-                                        lu_t[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16)
+                                        lu_t[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16, peer=peer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         tot += torch.stack([loss.detach(), l_ce.detach(), l_mse.detach()])
         if step_fn is not None:
             step_fn()
+    if peer is not None:
+        peer.train()
     tot = tot / max(iters, 1)
     return {"loss": tot[0], "l_ce": tot[1], "l_mse": tot[2]}

@@ -307,3 +307,93 @@ def test_mixmatch_step_is_dividemix_train_step_with_one_network():
     assert penalty.item() > 1e-4  # the prior term is in play, not zero by symmetry
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mixmatch_step_is_dividemix_train_step_with_two_networks():
+    """One co-trained MixMatch step (loss and gradient of the network trained) equals
+    DivideMix's ``train(epoch, net, net2, ...)`` step of Train_cifar.py, transcribed
+    below: the unlabeled targets co-guessed by both networks (net2 in eval mode,
+    with BatchNorm, whose running statistics it then uses), the labeled targets
+    refined by ``net`` alone. ``ssl_epoch`` puts the peer in eval mode, leaves its
+    weights and BatchNorm statistics untouched and hands it back in train mode."""
+    from types import SimpleNamespace
+
+    from hallnll.data.gpu import DeviceImages, augment_draws
+
+    g = torch.Generator().manual_seed(4)
+    images = DeviceImages(torch.randint(0, 256, (24, 3, 8, 8), dtype=torch.uint8, generator=g),
+                          (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "cpu")
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(6, 5))
+    net2 = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 5))
+    with torch.no_grad():  # running statistics that differ from any batch's
+        net2[1].running_mean.uniform_(-0.5, 0.5, generator=g)
+        net2[1].running_var.uniform_(0.5, 2.0, generator=g)
+    il, iu = torch.tensor([1, 2, 6, 9, 12]), torch.tensor([13, 14, 17, 19, 22])
+    draws = [augment_draws(5, 2, True, g) for _ in range(4)]
+    labels = torch.tensor([3, 0, 4, 1, 1])
+    w = torch.tensor([0.8, 0.5, 0.95, 0.6, 0.7])
+    lam, perm, lambda_u, T, C = 0.7, torch.randperm(20, generator=g), 5.0, 0.5, 5
+
+    net2.eval()  # as ssl_epoch does for the peer
+    loss, l_ce, l_mse = ssl.mixmatch_loss(net, images, il, iu, draws, labels, w, lam, perm, lambda_u, C, T, 1.0,
+                                          padding=2, peer=net2)
+    ours = torch.autograd.grad(loss, list(net.parameters()))
+
+    # --- DivideMix, train(epoch, net, net2, ...): net.train(); net2.eval()
+    inputs_x, inputs_x2 = images.augmented(il, draws[0], 2), images.augmented(il, draws[1], 2)
+    inputs_u, inputs_u2 = images.augmented(iu, draws[2], 2), images.augmented(iu, draws[3], 2)
+    batch_size = inputs_x.size(0)
+    labels_x = torch.zeros(batch_size, C).scatter_(1, labels.view(-1, 1), 1)
+    w_x = w.view(-1, 1).type(torch.FloatTensor)
+    with torch.no_grad():
+        outputs_u11 = net(inputs_u)
+        outputs_u12 = net(inputs_u2)
+        outputs_u21 = net2(inputs_u)
+        outputs_u22 = net2(inputs_u2)
+        pu = (torch.softmax(outputs_u11, dim=1) + torch.softmax(outputs_u12, dim=1)
+              + torch.softmax(outputs_u21, dim=1) + torch.softmax(outputs_u22, dim=1)) / 4
+        ptu = pu ** (1 / T)
+        targets_u = ptu / ptu.sum(dim=1, keepdim=True)
+        outputs_x = net(inputs_x)
+        outputs_x2 = net(inputs_x2)
+        px = (torch.softmax(outputs_x, dim=1) + torch.softmax(outputs_x2, dim=1)) / 2
+        px = w_x * labels_x + (1 - w_x) * px
+        ptx = px ** (1 / T)
+        targets_x = ptx / ptx.sum(dim=1, keepdim=True)
+    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
+    all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
+    mixed_input = lam * all_inputs + (1 - lam) * all_inputs[perm]
+    mixed_target = lam * all_targets + (1 - lam) * all_targets[perm]
+    logits = net(mixed_input)
+    logits_x, logits_u = logits[:batch_size * 2], logits[batch_size * 2:]
+    Lx = -torch.mean(torch.sum(F.log_softmax(logits_x, dim=1) * mixed_target[:batch_size * 2], dim=1))
+    Lu = torch.mean((torch.softmax(logits_u, dim=1) - mixed_target[batch_size * 2:]) ** 2)
+    prior = torch.ones(C) / C
+    pred_mean = torch.softmax(logits, dim=1).mean(0)
+    penalty = torch.sum(prior * torch.log(prior / pred_mean))
+    dm_loss = Lx + lambda_u * Lu + penalty
+    theirs = torch.autograd.grad(dm_loss, list(net.parameters()))
+
+    assert l_mse.item() == pytest.approx(Lu.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(dm_loss.item(), rel=1e-5)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    # co-guessing matters here: the one-network targets give another L_MSE
+    alone = ssl.mixmatch_loss(net, images, il, iu, draws, labels, w, lam, perm, lambda_u, C, T, 1.0, padding=2)[2]
+    assert abs(alone.item() - Lu.item()) > 1e-4
+
+    # ssl_epoch: the peer in eval mode during the epoch, untouched by it, back in train mode after
+    net2.train()
+    before = {k: v.clone() for k, v in net2.state_dict().items()}
+    cfg = SimpleNamespace(batch_size=5, crop_padding=2, hflip=True, mixup_alpha=4.0, lambda_mse=5.0,
+                          warmup_epochs=0, rampup_epochs=0, sharpen_t=T, lambda_prior=1.0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    seen = []
+    net2.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    ssl.ssl_epoch(net, opt, images, il, labels, w, iu, C, cfg, 1, torch.Generator().manual_seed(0),
+                  np.random.default_rng(0), iters=2, bf16=False, peer=net2)
+    assert seen == [False, False] and net2.training
+    assert all(torch.equal(before[k], v) for k, v in net2.state_dict().items())

@@ -13,6 +13,8 @@ import torch
 class DeviceImages:
     """uint8 images on ``device`` plus the per-channel normalisation."""
 
+    streamed = False  # resident (hallnll.data.stream.StreamImages: decoded per batch from disk)
+
     def __init__(self, x_uint8: torch.Tensor, mean, std, device, channels_last: bool = False):
         if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
             raise ValueError(f"expected uint8 images [N, C, H, W], got {x_uint8.dtype} {tuple(x_uint8.shape)}")
@@ -25,6 +27,18 @@ class DeviceImages:
 
     def __len__(self):
         return self.x.shape[0]
+
+    def subset(self, idx: torch.Tensor, seed=None) -> "DeviceImages":
+        """The images at ``idx`` (a per-epoch draw, ``Config.epoch_batches``), on the same device."""
+        out = object.__new__(DeviceImages)
+        out.device, out.x, out.mean, out.std, out.channels_last = self.device, self.x[idx.to(self.device)], \
+            self.mean, self.std, self.channels_last
+        return out
+
+    def plan(self, batches, train: bool = True, views: int = 1) -> None:
+        """Nothing to do: the images are already on the device (the streamed path,
+        :class:`hallnll.data.stream.StreamImages`, decodes announced batches ahead;
+        the loops announce them only where ``streamed``)."""
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         """Float batch in the memory format the run asks for: channels_last when it is

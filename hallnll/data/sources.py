@@ -47,6 +47,10 @@ class ImageData:
     train_labels_known: bool = True  # False for a user's folder: y_train is the given label
     train_paths: list = field(default_factory=list)  # a folder's images as written in its CSV (else empty)
     test_paths: list = field(default_factory=list)
+    # an optional validation split (Clothing1M's 14k clean images): the run reports its
+    # accuracy per epoch and summary.json the test accuracy at the best-validation epoch
+    x_val: object = None
+    y_val: object = None
 
     def head(self, n_train: int = 0, n_test: int = 0) -> "ImageData":
         """The first ``n_train`` training and ``n_test`` test images (0: all), with
@@ -56,7 +60,7 @@ class ImageData:
         return ImageData(self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
                          classes=list(self.classes), mean=self.mean, std=self.std,
                          train_labels_known=self.train_labels_known, train_paths=self.train_paths[tr],
-                         test_paths=self.test_paths[te])
+                         test_paths=self.test_paths[te], x_val=self.x_val, y_val=self.y_val)
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +69,13 @@ class ImageData:
     @property
     def in_channels(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are files streamed per batch (:mod:`hallnll.data.stream`)."""
+        from .stream import ImagePaths
+
+        return isinstance(self.x_train, ImagePaths)
 
     def __post_init__(self):
         if not self.mean:
@@ -290,7 +301,8 @@ def _load_images(items, size: int, src: Path) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def load_folder(train_csv, test_csv: str = "", image_size: int = 32, labels_are_truth: bool = False) -> ImageData:
+def load_folder(train_csv, test_csv: str = "", image_size: int = 32, labels_are_truth: bool = False,
+                stream_above_gb: float | None = None) -> ImageData:
     """The user's own images: ``path,label`` CSV(s); labels are ints 0..C-1 or class names.
 
     Labels are trimmed and checked (:func:`folder_classes`); the test CSV may
@@ -298,6 +310,12 @@ def load_folder(train_csv, test_csv: str = "", image_size: int = 32, labels_are_
     set: every image is trained on and reported (a held-out split of noisy
     labels would measure nothing). ``train_paths`` / ``test_paths`` keep each
     image's path as written in its CSV (the label-issue report's key).
+
+    When the decoded uint8 training set (N x 3 x image_size^2 bytes) would exceed
+    ``stream_above_gb`` GiB (``Config.stream_above_gb``; None: never), the images
+    are not decoded here but streamed per batch (:mod:`hallnll.data.stream`,
+    ``square`` mode: the same resize and device-side crop/flip), their mean/std
+    taken from the first 1,000 training images; every listed file must exist.
 
     The given (possibly noisy) labels become ``y_train`` with
     ``train_labels_known`` False, unless ``labels_are_truth`` (noise is then
@@ -334,16 +352,26 @@ def load_folder(train_csv, test_csv: str = "", image_size: int = 32, labels_are_
         if both:
             raise DataError(f"folder: {str(min(both))!r} is listed in both the training and the test CSV; "
                             f"a test image must not be trained on")
-    x = _load_images(tr_files, image_size, train_csv)
     y = torch.tensor([index[lab] for _, lab, _ in tr], dtype=torch.int64)
-    if te:
-        xte = _load_images(te_files, image_size, Path(test_csv))
-        yte = torch.tensor([index[lab] for _, lab, _ in te], dtype=torch.int64)
+    yte = torch.tensor([index[lab] for _, lab, _ in te], dtype=torch.int64)
+    stream = stream_above_gb is not None and len(tr) * 3 * image_size ** 2 > stream_above_gb * 2 ** 30
+    if stream:
+        from .stream import ImagePaths, sample_mean_std
+
+        for files, src in ((tr_files, train_csv), (te_files, test_csv)):
+            for f in files:
+                if not f.is_file():
+                    raise DataError(f"folder: image {str(f)!r} listed in {str(src)!r} does not exist")
+        x = ImagePaths([str(f) for f in tr_files], image_size, image_size, "square")
+        xte = ImagePaths([str(f) for f in te_files], image_size, image_size, "square")
+        mean, std = sample_mean_std(x)
     else:
-        xte = torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
-        yte = torch.zeros(0, dtype=torch.int64)
+        x = _load_images(tr_files, image_size, train_csv)
+        xte = _load_images(te_files, image_size, Path(test_csv)) if te else \
+            torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
+        mean = std = ()
     return ImageData(f"folder:{train_csv.name}", x, y, xte, yte, classes=classes, train_labels_known=labels_are_truth,
-                     train_paths=[p for p, _, _ in tr], test_paths=[p for p, _, _ in te])
+                     train_paths=[p for p, _, _ in tr], test_paths=[p for p, _, _ in te], mean=mean, std=std)
 
 
 def load_dataset(cfg) -> ImageData:
@@ -355,8 +383,13 @@ def load_dataset(cfg) -> ImageData:
     if cfg.dataset == "folder":
         # noise=none: the CSV's labels are the user's own (their noise is unknown); any other
         # kind adds noise to them, so they are the truth the report can be scored against
-        return load_folder(cfg.folder_train_csv, cfg.folder_test_csv, cfg.image_size, labels_are_truth=cfg.noise != "none")
+        return load_folder(cfg.folder_train_csv, cfg.folder_test_csv, cfg.image_size, labels_are_truth=cfg.noise != "none",
+                           stream_above_gb=cfg.stream_above_gb)
+    if cfg.dataset == "clothing1m":
+        from .clothing1m import load_clothing1m
+
+        return load_clothing1m(cfg.data_root, crop=cfg.image_size, resize=cfg.resize_size)
     if cfg.dataset == "arrays":
         raise DataError("dataset=arrays: the images are in memory; pass them to hallnll.find_label_issues "
                         "(or fit(cfg, data=ImageData(...)))")
-    raise DataError(f"unknown dataset {cfg.dataset!r}; use digits, cifar10, cifar100 or folder")
+    raise DataError(f"unknown dataset {cfg.dataset!r}; use digits, cifar10, cifar100, folder or clothing1m")
