@@ -137,7 +137,7 @@ def ce_loss(model, images: DeviceImages, idx: torch.Tensor, draws: tuple, labels
 
 
 def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size: int, generator,
-             padding: int = 4, hflip: bool = True, bf16: bool = False, step_fn=None, loss_fn=None,
+             padding: int = 4, hflip: bool = True, bf16: bool = False, loss_fn=None,
              entropy_penalty: float = 0.0, part=None) -> torch.Tensor:
     """One epoch of cross-entropy on (augmented) images and the given labels.
 
@@ -176,8 +176,6 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
         loss.backward()
         opt.step()
         total += loss.detach().float()
-        if step_fn is not None:
-            step_fn()
     return total / steps
 
 

@@ -231,11 +231,6 @@ def write_labels_csv(path, given, corrected, easiness, subset_codes, predicted, 
     atomic_write_text(path, buf.getvalue())
 
 
-def read_labels_csv(path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @torch.no_grad()
 def anchor_geometry(anchors: torch.Tensor, labels: torch.Tensor, parents: torch.Tensor, easy_feats: torch.Tensor,
                     easy_labels: torch.Tensor, classifier, lambda_p: float, real_norm: float,

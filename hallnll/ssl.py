@@ -123,7 +123,7 @@ def mixmatch_loss(model, images, il: torch.Tensor, iu, draws: list, y_l: torch.T
 
 def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tensor, lab_w: torch.Tensor,
               unl_idx: torch.Tensor, num_classes: int, cfg, epoch: int, generator, rng: np.random.Generator,
-              iters: int, step_fn=None, loss_fn=None, bf16: bool | None = None, part=None, peer=None) -> dict:
+              iters: int, loss_fn=None, bf16: bool | None = None, part=None, peer=None) -> dict:
     """One classification phase of Alg. 1 (lines 20-23): ``iters`` MixMatch steps.
 
     ``lab_idx``/``unl_idx`` index the training images; ``lab_labels`` are the
@@ -203,8 +203,6 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
         loss.backward()
         opt.step()
         tot += torch.stack([loss.detach(), l_ce.detach(), l_mse.detach()])
-        if step_fn is not None:
-            step_fn()
     if peer is not None:
         peer.train()
     tot = tot / max(iters, 1)
