@@ -102,7 +102,7 @@ def test_load_folder_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("file,class\na.png,0\n")
     with pytest.raises(DataError, match="path,label"):
         load_folder(tmp_path / "bad.csv")
-    _write_csv(tmp_path / "missing.csv", [("ghost.png", "0")])
+    _write_csv(tmp_path / "missing.csv", [("ghost.png", "0"), ("ghost2.png", "1")])  # two classes: one is refused first
     with pytest.raises(DataError, match="ghost.png"):
         load_folder(tmp_path / "missing.csv")
 
