@@ -114,7 +114,10 @@ def test_one_thread_setting_for_every_command(tmp_path):
 
 def test_noise_rate_only_where_noise_was_generated(setting, tmp_path):
     cfg, data, noisy = setting
-    s = fit(cfg.replace(epochs=1, warmup_epochs=1, **NO_DECAY), tmp_path / "gen").summary
+    # generated noise (the digits default reads shipped labels; these are the ones its
+    # classification settings made, so they are passed instead of being made again)
+    s = fit(cfg.replace(noise="classification", epochs=1, warmup_epochs=1, **NO_DECAY), tmp_path / "gen",
+            data=data, noisy=noisy).summary
     assert s["noise"] == "classification" and s["noise_rate"] == 0.4
     assert s["noise_rate_actual"] == pytest.approx(float((noisy != data.y_train).float().mean()))
     # labels from a file: their rate is measured against the clean labels, no target is claimed
@@ -129,6 +132,7 @@ def test_settings_its_noise_kind_does_not_read_neither_refuse_a_resume_nor_redo_
     from hallnll import jobs
 
     cfg, data, noisy = setting
+    cfg = cfg.replace(noise="classification")  # the default reads shipped labels: generated noise here
     # generated (classification) noise reads cbased_*: another value is another run
     fit(cfg.replace(epochs=1, warmup_epochs=1, **NO_DECAY), tmp_path / "gen", data=data, noisy=noisy)
     with pytest.raises(CheckpointError, match=r"cbased_epochs: 15 -> 7"):
