@@ -247,6 +247,25 @@ def test_rampup():
     assert ssl.rampup(40, 10, 16) == 1.0
 
 
+def _dividemix_mix_and_loss(net, inputs, targets_x, targets_u, lam, perm, batch_size, lambda_u, C):
+    """The second half of DivideMix's ``train()`` step, transcribed: mixup of the four views and
+    their targets, one forward, Lx, Lu, the prior penalty and the loss (``lambda_u`` ramped)."""
+    inputs_x, inputs_x2, inputs_u, inputs_u2 = inputs
+    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
+    all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
+    mixed_input = lam * all_inputs + (1 - lam) * all_inputs[perm]
+    mixed_target = lam * all_targets + (1 - lam) * all_targets[perm]
+    logits = net(mixed_input)
+    logits_x, logits_u = logits[:batch_size * 2], logits[batch_size * 2:]
+    Lx = -torch.mean(torch.sum(F.log_softmax(logits_x, dim=1) * mixed_target[:batch_size * 2], dim=1))
+    Lu = torch.mean((torch.softmax(logits_u, dim=1) - mixed_target[batch_size * 2:]) ** 2)
+    prior = torch.ones(C) / C
+    pred_mean = torch.softmax(logits, dim=1).mean(0)
+    penalty = torch.sum(prior * torch.log(prior / pred_mean))
+    dm_loss = Lx + lambda_u * Lu + penalty
+    return Lx, Lu, penalty, dm_loss
+
+
 def test_mixmatch_step_is_dividemix_train_step_with_one_network():
     """One MixMatch step (loss and gradient) equals DivideMix's ``train()`` step of
     Train_cifar.py (github.com/LiJunnan1992/DivideMix), transcribed below with one
@@ -287,18 +306,8 @@ def test_mixmatch_step_is_dividemix_train_step_with_one_network():
         px = w_x * labels_x + (1 - w_x) * px
         ptx = px ** (1 / T)
         targets_x = ptx / ptx.sum(dim=1, keepdim=True)
-    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
-    all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
-    mixed_input = lam * all_inputs + (1 - lam) * all_inputs[perm]
-    mixed_target = lam * all_targets + (1 - lam) * all_targets[perm]
-    logits = net(mixed_input)
-    logits_x, logits_u = logits[:batch_size * 2], logits[batch_size * 2:]
-    Lx = -torch.mean(torch.sum(F.log_softmax(logits_x, dim=1) * mixed_target[:batch_size * 2], dim=1))
-    Lu = torch.mean((torch.softmax(logits_u, dim=1) - mixed_target[batch_size * 2:]) ** 2)
-    prior = torch.ones(C) / C
-    pred_mean = torch.softmax(logits, dim=1).mean(0)
-    penalty = torch.sum(prior * torch.log(prior / pred_mean))
-    dm_loss = Lx + lambda_u * Lu + penalty
+    Lx, Lu, penalty, dm_loss = _dividemix_mix_and_loss(net, (inputs_x, inputs_x2, inputs_u, inputs_u2), targets_x,
+                                                       targets_u, lam, perm, batch_size, lambda_u, C)
     theirs = torch.autograd.grad(dm_loss, list(net.parameters()))
 
     assert l_ce.item() == pytest.approx(Lx.item(), rel=1e-5)
@@ -363,18 +372,8 @@ def test_mixmatch_step_is_dividemix_train_step_with_two_networks():
         px = w_x * labels_x + (1 - w_x) * px
         ptx = px ** (1 / T)
         targets_x = ptx / ptx.sum(dim=1, keepdim=True)
-    all_inputs = torch.cat([inputs_x, inputs_x2, inputs_u, inputs_u2], dim=0)
-    all_targets = torch.cat([targets_x, targets_x, targets_u, targets_u], dim=0)
-    mixed_input = lam * all_inputs + (1 - lam) * all_inputs[perm]
-    mixed_target = lam * all_targets + (1 - lam) * all_targets[perm]
-    logits = net(mixed_input)
-    logits_x, logits_u = logits[:batch_size * 2], logits[batch_size * 2:]
-    Lx = -torch.mean(torch.sum(F.log_softmax(logits_x, dim=1) * mixed_target[:batch_size * 2], dim=1))
-    Lu = torch.mean((torch.softmax(logits_u, dim=1) - mixed_target[batch_size * 2:]) ** 2)
-    prior = torch.ones(C) / C
-    pred_mean = torch.softmax(logits, dim=1).mean(0)
-    penalty = torch.sum(prior * torch.log(prior / pred_mean))
-    dm_loss = Lx + lambda_u * Lu + penalty
+    Lx, Lu, penalty, dm_loss = _dividemix_mix_and_loss(net, (inputs_x, inputs_x2, inputs_u, inputs_u2), targets_x,
+                                                       targets_u, lam, perm, batch_size, lambda_u, C)
     theirs = torch.autograd.grad(dm_loss, list(net.parameters()))
 
     assert l_mse.item() == pytest.approx(Lu.item(), rel=1e-5)
