@@ -212,11 +212,10 @@ def cmd_quickstart(args) -> int:
     """The main job on the embedded default: every variant on digits with 40% C-based noise,
     :data:`QUICKSTART_SCHEDULE` (about 2 minutes on 2 cores), the variants run side by side
     (``--parallel``, default: one per CPU core, at most 4)."""
-    import json
-
     from .figures import plot_correction, plot_training
     from .jobs import Job, run_jobs, worker_threads
     from .lock import check_output
+    from .reporting import read_metrics
     from .train import prepare
 
     out = check_output(args.out)
@@ -240,7 +239,7 @@ def cmd_quickstart(args) -> int:
     rows, hists = [], {}
     for variant in ("ce", "gmm", "easy", "hallnll"):
         s = results[variant]["summary"]
-        hists[variant] = [json.loads(l) for l in (out / variant / "metrics.jsonl").read_text().splitlines() if l]
+        hists[variant] = read_metrics(out / variant / "metrics.jsonl")
         last = hists[variant][-1]
         rows.append([variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), _fmt(last.get("precision_easy")),
                      last.get("n_clean_hard", "-"), _fmt(last.get("precision_clean_hard")),

@@ -247,6 +247,16 @@ def test_rampup():
     assert ssl.rampup(40, 10, 16) == 1.0
 
 
+def _dividemix_refined_labels(net, inputs_x, inputs_x2, labels_x, w_x, T):
+    """DivideMix's ``train()`` label refinement, transcribed: the two views' mean softmax,
+    w·y + (1 − w)·p̄, sharpened at T (called under ``torch.no_grad()``, as there)."""
+    outputs_x, outputs_x2 = net(inputs_x), net(inputs_x2)
+    px = (torch.softmax(outputs_x, dim=1) + torch.softmax(outputs_x2, dim=1)) / 2
+    px = w_x * labels_x + (1 - w_x) * px
+    ptx = px ** (1 / T)
+    return ptx / ptx.sum(dim=1, keepdim=True)
+
+
 def _dividemix_mix_and_loss(net, inputs, targets_x, targets_u, lam, perm, batch_size, lambda_u, C):
     """The second half of DivideMix's ``train()`` step, transcribed: mixup of the four views and
     their targets, one forward, Lx, Lu, the prior penalty and the loss (``lambda_u`` ramped)."""
@@ -301,11 +311,7 @@ def test_mixmatch_step_is_dividemix_train_step_with_one_network():
         pu = (torch.softmax(outputs_u11, dim=1) + torch.softmax(outputs_u12, dim=1)) / 2
         ptu = pu ** (1 / T)
         targets_u = ptu / ptu.sum(dim=1, keepdim=True)
-        outputs_x, outputs_x2 = net(inputs_x), net(inputs_x2)
-        px = (torch.softmax(outputs_x, dim=1) + torch.softmax(outputs_x2, dim=1)) / 2
-        px = w_x * labels_x + (1 - w_x) * px
-        ptx = px ** (1 / T)
-        targets_x = ptx / ptx.sum(dim=1, keepdim=True)
+        targets_x = _dividemix_refined_labels(net, inputs_x, inputs_x2, labels_x, w_x, T)
     Lx, Lu, penalty, dm_loss = _dividemix_mix_and_loss(net, (inputs_x, inputs_x2, inputs_u, inputs_u2), targets_x,
                                                        targets_u, lam, perm, batch_size, lambda_u, C)
     theirs = torch.autograd.grad(dm_loss, list(net.parameters()))
@@ -366,12 +372,7 @@ def test_mixmatch_step_is_dividemix_train_step_with_two_networks():
               + torch.softmax(outputs_u21, dim=1) + torch.softmax(outputs_u22, dim=1)) / 4
         ptu = pu ** (1 / T)
         targets_u = ptu / ptu.sum(dim=1, keepdim=True)
-        outputs_x = net(inputs_x)
-        outputs_x2 = net(inputs_x2)
-        px = (torch.softmax(outputs_x, dim=1) + torch.softmax(outputs_x2, dim=1)) / 2
-        px = w_x * labels_x + (1 - w_x) * px
-        ptx = px ** (1 / T)
-        targets_x = ptx / ptx.sum(dim=1, keepdim=True)
+        targets_x = _dividemix_refined_labels(net, inputs_x, inputs_x2, labels_x, w_x, T)
     Lx, Lu, penalty, dm_loss = _dividemix_mix_and_loss(net, (inputs_x, inputs_x2, inputs_u, inputs_u2), targets_x,
                                                        targets_u, lam, perm, batch_size, lambda_u, C)
     theirs = torch.autograd.grad(dm_loss, list(net.parameters()))
