@@ -9,6 +9,7 @@ with the reason, where neither exists.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,17 +61,45 @@ def digits():
     return load_digits()
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder ``name``, filled by ``make(folder)`` once per test session, shared by all
+    pytest-xdist workers (xdist's documented FileLock recipe: the workers' base folders have
+    one parent per session). A worker that asks while another makes it waits for it; a
+    ``make`` that fails leaves no folder behind (the next one to ask tries again)."""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process (-n 0): this session's own folder
+        root = tmp_path_factory.getbasetemp()
+    else:
+        root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                make(folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            done.write_text("ok\n")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory):
-    """A cifar-10-batches-py/ folder written once per session from the JPEG copy (~10-20 s)."""
+    """A cifar-10-batches-py/ folder written once per session (all workers) from the JPEG copy (~10-20 s)."""
     for p in (CIFAR_JPEG / "train.npz", CIFAR_JPEG / "test.npz", MATERIALIZE):
         if not p.exists():
             pytest.skip(f"offline CIFAR-10 copy: {p} not found (needs the shared folder ../shared beside "
                         f"the repo or the files staged into .data/ by shared/tools/stage-gpu-data)")
-    root = tmp_path_factory.mktemp("cifar10")
-    proc = subprocess.run([sys.executable, str(MATERIALIZE), str(CIFAR_JPEG), str(root)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"materialize_cifar10.py failed:\n{proc.stdout}\n{proc.stderr}"
+
+    def make(root):
+        proc = subprocess.run([sys.executable, str(MATERIALIZE), str(CIFAR_JPEG), str(root)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"materialize_cifar10.py failed:\n{proc.stdout}\n{proc.stderr}"
+
+    root = made_once(tmp_path_factory, "cifar10", make)
     assert (root / "cifar-10-batches-py" / "data_batch_5").is_file()
     return root
 
@@ -81,6 +110,49 @@ def cifar10(cifar10_root):
     from hallnll.data import load_cifar
 
     return load_cifar("cifar10", cifar10_root, download=False)
+
+
+#: the tiny schedule of `reproduce table5 --scale quick` in the tests (a few seconds per run)
+TABLE5_TINY = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
+
+
+def table5_args(where, **kw):
+    """The arguments of ``hallnll reproduce table5 --scale quick`` into ``where``/results and /runs."""
+    from argparse import Namespace
+
+    d = dict(table="table5", scale="quick", seeds=None, parallel=2, list=False, set=list(TABLE5_TINY),
+             results=str(Path(where) / "results"), runs=str(Path(where) / "runs"), executor="process")
+    d.update(kw)
+    return Namespace(**d)
+
+
+@pytest.fixture(scope="session")
+def table5_quick(tmp_path_factory):
+    """``reproduce table5 --scale quick --executor process --parallel 2`` run once per session (all
+    workers): tests/test_reproduce.py checks what it writes, tests/test_cluster.py compares the
+    SLURM table with its table. Returns (folder, the command's printed output)."""
+    import contextlib
+    import io
+
+    def make(where):
+        from hallnll import reproduce
+
+        before = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"  # the notebooks' kernels: one thread each
+        try:
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = reproduce.main(table5_args(where))
+            (where / "output.txt").write_text(buf.getvalue())
+            assert rc == 0, buf.getvalue()
+        finally:
+            if before is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = before
+
+    where = made_once(tmp_path_factory, "table5-quick", make)
+    return where, (where / "output.txt").read_text()
 
 
 class HostSync(AssertionError):
@@ -116,3 +188,51 @@ def no_host_reads(monkeypatch):
             return _orig(self, index, *a)
 
         monkeypatch.setattr(torch.Tensor, name, checked)
+
+
+# ---------------------------------------------------------------- scheduling over the 2 workers
+# `--dist loadgroup` (pyproject): a file's tests run on one worker, in order, so that its
+# module fixtures are made once; the tests in SOLO each form a group of their own (the other
+# worker takes the rest of their file). Groups start longest first (ORDER), then in file order, so that no long group
+# starts last while the other worker idles. Measured with `python -m pytest --durations=0`.
+SOLO = (
+    "tests/test_fidelity.py::test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar",
+    "tests/test_levers.py::test_gpu_speed_script_dry_run",
+    "tests/test_reproduce.py::test_table5_quick_writes_results_and_does_not_redo_finished_runs",
+    "tests/test_cluster.py::test_reproduce_table5_on_slurm_gives_the_process_table",
+)
+ORDER = (
+    "tests/test_fidelity.py::test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar",
+    "tests/test_cluster.py",
+    "tests/test_train.py",
+    "tests/test_distributed.py",
+    "tests/test_cluster.py::test_reproduce_table5_on_slurm_gives_the_process_table",
+    "tests/test_reproduce.py::test_table5_quick_writes_results_and_does_not_redo_finished_runs",
+    "tests/test_levers.py::test_gpu_speed_script_dry_run",
+    "tests/test_notebooks.py",
+    "tests/test_golden.py",
+    "tests/test_levers.py",
+    "tests/test_run.py",
+    "tests/test_fidelity.py",
+    "tests/test_reproduce.py",
+    "tests/test_resume.py",
+)
+
+
+def _group(nodeid: str) -> str:
+    test = nodeid.split("[", 1)[0]
+    for solo in SOLO:
+        if test == solo or (test.startswith(solo + "::") and "::" not in solo):
+            return test
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    rank = {g: i for i, g in enumerate(ORDER)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group(item.nodeid)))
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(_group(item.nodeid), i)
+    items.sort(key=lambda it: (rank.get(_group(it.nodeid), len(ORDER)), first[_group(it.nodeid)]))

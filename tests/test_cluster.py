@@ -129,32 +129,27 @@ def test_one_run_over_two_tasks_of_one_job_is_ddp(slurm, tmp_path, capsys):
     assert s["world_size"] == 2 and s["epochs"] == 3 and s["best_acc"] > 0.5
 
 
-def test_reproduce_table5_on_slurm_gives_the_process_table(slurm, tmp_path, capsys, monkeypatch):
-    """The notebooks of table5 run as SLURM jobs (papermill in the job, kernel over ipc)."""
+def test_reproduce_table5_on_slurm_gives_the_process_table(slurm, table5_quick, tmp_path, capsys, monkeypatch):
+    """The notebooks of table5 run as SLURM jobs (papermill in the job, kernel over ipc); the
+    --executor process table of the same settings: conftest.table5_quick (shared with test_reproduce)."""
     import csv
-    from argparse import Namespace
 
     from hallnll import reproduce
 
+    from conftest import table5_args
+
     pytest.importorskip("papermill")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    tiny = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
-
-    def args(where, **kw):
-        d = dict(table="table5", scale="quick", seeds=None, parallel=2, list=False, set=list(tiny),
-                 results=str(where / "results"), runs=str(where / "runs"), executor="process")
-        d.update(kw)
-        return Namespace(**d)
 
     def table(where):
         with open(where / "results" / "table5.csv") as f:
             return [(r["cell"], r["n_seeds"], r["ours_mean"]) for r in csv.DictReader(f)]
 
-    assert reproduce.main(args(tmp_path / "process")) == 0
+    process, _ = table5_quick
     sl = dict(executor="slurm", partition=None, gpus=0, tasks=0, cpus=1, mem_gb=2.0, timeout_min=10,
               array_parallelism=4, no_wait=False, slurm_logs=None)
-    assert reproduce.main(args(tmp_path / "slurm", **sl)) == 0
+    assert reproduce.main(table5_args(tmp_path / "slurm", **sl)) == 0
     text = capsys.readouterr().out
     assert "as SLURM job array" in text
-    assert table(tmp_path / "slurm") == table(tmp_path / "process")
+    assert table(tmp_path / "slurm") == table(process)
     assert all(n == "1" for _, n, _ in table(tmp_path / "slurm"))

@@ -13,10 +13,12 @@ import pytest
 from hallnll import cli, jobs, reproduce
 from hallnll.tables import Cell, Table
 
+from conftest import TABLE5_TINY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # a few seconds per run on a loaded 2-core CPU
-TINY = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
+TINY = TABLE5_TINY  # ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
 
 
 @pytest.fixture(autouse=True)
@@ -87,10 +89,9 @@ def test_unknown_table_errors_clearly(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------- runs
-def test_table5_quick_writes_results_and_does_not_redo_finished_runs(tmp_path, capsys):
-    rc = reproduce.main(_args("table5", tmp_path, parallel=2))
-    out = capsys.readouterr().out
-    assert rc == 0, out
+def test_table5_quick_writes_results_and_does_not_redo_finished_runs(table5_quick, capsys):
+    # reproduce table5 --scale quick --parallel 2, TINY (conftest.table5_quick: run once, shared with test_cluster)
+    tmp_path, out = table5_quick
     md = (tmp_path / "results" / "table5.md").read_text()
     rows = [l for l in md.splitlines() if l.startswith("| ") and "paper" not in l and "---" not in l]
     assert len(rows) == 3, md
