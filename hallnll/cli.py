@@ -79,7 +79,9 @@ def cmd_train(args) -> int:
                 print(f"seed {s['seed']}: {'queued' if s.get('pending') else 'FAILED'}: {s['error']}"
                       + (f"\n  log: {s['log']}" if s.get("log") else ""))
         return 1 if any("error" in s and not s.get("pending") for s in summaries) else 0
-    res = fit(cfg, out, resume=not args.no_resume)
+    if args.warm_start and (args.seeds > 1 or args.parallel > 1 or slurm is not None):
+        raise ConfigError("--warm-start is for one run (its checkpoint is one seed's warm-up); drop --seeds/--executor")
+    res = fit(cfg, out, resume=not args.no_resume, warm_start=args.warm_start)
     from .distributed import is_main
 
     if not is_main():  # under torchrun rank 0 reports
@@ -313,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--seeds", type=int, default=1, help="run seeds seed..seed+N-1 into OUT/seedK")
     t.add_argument("--parallel", type=int, default=1, help="run this many seeds at once (one GPU)")
+    t.add_argument("--warm-start", metavar="CHECKPOINT", default=None,
+                   help="start from this warm-up checkpoint of a run that differs only in settings the warm-up "
+                        "does not read (e.g. another variant); ends as training from scratch would")
     add_executor_args(t)
     t.set_defaults(fn=cmd_train)
 

@@ -28,6 +28,7 @@ co-training, row 1); ``easy`` the class-balanced easy subset of Eq. 1 (row 2);
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 import time
@@ -44,7 +45,7 @@ from .noise import make_noisy_labels, report, save_label_csv
 from .lock import folder_lock
 from .run import Run, TrainingError
 
-__all__ = ["RunResult", "TrainingError", "CheckpointError", "prepare", "fit", "cpu_threads"]
+__all__ = ["RunResult", "TrainingError", "CheckpointError", "prepare", "fit", "cpu_threads", "WARMUP_FREE"]
 
 
 @dataclass
@@ -163,19 +164,81 @@ def check_resumable(cfg: Config, state: dict, path) -> None:
                               f"(resume=False) to start over in this folder")
 
 
+#: Settings that the warm-up (Alg. 1 lines 2-3, cross-entropy epochs) does not read: a
+#: run that differs from a warm-up checkpoint only in these (and in RESULT_FREE) may
+#: start from it (``fit(..., warm_start=...)``) and gives what training from scratch
+#: gives, epoch for epoch (tests/test_train.py). The hallucinator h_phi is built (and
+#: seeded) at the start of every run but first trained after the warm-up, so with one
+#: network its settings are free too: the run keeps its own, fresh h_phi. With two
+#: networks the second is seeded after the first's h_phi, so h_phi's shape is not free.
+WARMUP_FREE = ("variant", "warmup_epochs", "lr_decay_epoch", "lambda_p", "k", "p", "lambda_conf", "lambda_mse",
+               "gmm_threshold", "easy_selection", "hal_iters", "hal_batch_size", "hal_lr", "hal_graph",
+               "clean_hard_weight", "sharpen_t", "mixup_alpha", "rampup_epochs", "lambda_prior", "gmm_max_iter",
+               "gmm_backend", "label_folds", "suggest_confidence")
+_HAL_SHAPE = ("hal_hidden", "hal_out_relu", "hal_skip", "hal_norm")
+
+
+def check_warm_start(cfg: Config, state: dict, path) -> None:
+    """Refuse a warm start from a checkpoint that is not a warm-up this run would
+    have trained itself: past its own or this run's warm-up, or made with settings
+    that the warm-up reads (all but :data:`WARMUP_FREE`)."""
+    saved = Config().to_dict() | LEGACY_VALUES | dict(state["config"])
+    done = int(state["epoch"])
+    warm = lambda variant, w: variant == "ce" or done <= w  # noqa: E731  (every epoch done was cross-entropy)
+    if not (warm(saved["variant"], saved["warmup_epochs"]) and warm(cfg.variant, cfg.warmup_epochs)):
+        raise CheckpointError(f"cannot warm-start from {str(path)!r}: its {done} epochs are not all warm-up epochs "
+                              f"of this run (warmup_epochs={cfg.warmup_epochs}); take the checkpoint of epoch "
+                              f"<= {cfg.warmup_epochs} (checkpoint_every) or train from scratch")
+    if done > cfg.epochs:
+        raise CheckpointError(f"cannot warm-start from {str(path)!r}: it has run {done} epochs, more than "
+                              f"epochs={cfg.epochs}")
+    now = cfg.to_dict()
+    free = set(WARMUP_FREE) | set(RESULT_FREE) | (set(_HAL_SHAPE) if cfg.nets == 1 else set())
+    inert = inert_settings(now) if saved.get("noise") == now["noise"] else set()
+    diff = [k for k in now if k not in free and k not in inert and saved.get(k) != now[k]]
+    same_lr = all(engine.step_lr(1.0, t, int(saved.get("lr_decay_epoch") or 0)) == engine.step_lr(1.0, t, cfg.lr_decay_epoch)
+                  for t in range(done))
+    penalty = lambda variant, c: 0.0 if variant == "ce" else c.get("warmup_entropy_penalty", 0.0)  # noqa: E731
+    if penalty(saved["variant"], saved) != penalty(cfg.variant, now):
+        diff.append("warmup_entropy_penalty (ce trains without it)")
+    if not same_lr:
+        diff.append("lr_decay_epoch (within the warm-up)")
+    if diff:
+        raise CheckpointError(f"cannot warm-start from {str(path)!r}: its warm-up was made with other settings that "
+                              f"the warm-up reads ({', '.join(diff[:8])}); use the same settings or train from scratch")
+
+
+def _warm_state(run: Run, state: dict) -> dict:
+    """``state`` (a warm-up checkpoint) as this run's own state at that epoch: the
+    rows' phase named for this variant and, with one network, the run's own fresh
+    h_phi and its optimiser (untouched by a warm-up)."""
+    phase = "ce" if run.cfg.variant == "ce" else "warmup"
+    state = {**state, "history": [{**r, "phase": phase} for r in state["history"]]}
+    if run.cfg.nets == 1:
+        state.update(hal=copy.deepcopy(run.hal.state_dict()), hal_opt=copy.deepcopy(run.hal_opt.state_dict()))
+    return state
+
+
 def _checkpoint_due(cfg: Config, epochs_done: int) -> bool:
     return bool(cfg.checkpoint_every and epochs_done % cfg.checkpoint_every == 0) or epochs_done == cfg.epochs
 
 
 def fit(cfg: Config, out_dir=None, data: ImageData | None = None, noisy: torch.Tensor | None = None,
-        resume: bool = True, progress: bool | None = None) -> RunResult:
-    """Train ``cfg.variant`` on ``cfg``'s data and noisy labels (Alg. 1). See the module docstring."""
+        resume: bool = True, progress: bool | None = None, warm_start=None) -> RunResult:
+    """Train ``cfg.variant`` on ``cfg``'s data and noisy labels (Alg. 1). See the module docstring.
+
+    ``warm_start``: a checkpoint taken within the warm-up of a run that differs
+    from this one only in settings the warm-up does not read (:data:`WARMUP_FREE`:
+    e.g. another variant of Table 5, or other SSL settings); a run that has no
+    checkpoint of its own starts from it instead of epoch 0, and ends as the
+    same run trained from scratch would (the variants of a grid share one warm-up).
+    """
     cfg.validate()
     distributed.setup()  # under torchrun: one run over the ranks (hallnll.distributed); rank 0 writes out_dir
     # one run per folder at a time: rank 0 holds the folder's lock for all the ranks
     held = folder_lock(out_dir) if out_dir is not None and distributed.is_main() else contextlib.nullcontext()
     with held, cpu_threads(cfg.threads):
-        return _fit(cfg, out_dir, data, noisy, resume, cfg.progress if progress is None else progress)
+        return _fit(cfg, out_dir, data, noisy, resume, cfg.progress if progress is None else progress, warm_start)
 
 
 def _say(msg: str) -> None:
@@ -183,7 +246,7 @@ def _say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> RunResult:
+def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool, warm_start=None) -> RunResult:
     t_start = time.perf_counter()
     dev = engine.resolve_device(cfg.device)
     out = Path(out_dir) if out_dir is not None else None
@@ -193,6 +256,13 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
         # checked before the noise is rebuilt (minutes for classification-based noise)
         state = read_checkpoint(ckpt)
         check_resumable(cfg, state, ckpt)
+    warm = None
+    if state is None and warm_start is not None:
+        if not Path(warm_start).is_file():
+            raise CheckpointError(f"warm start {str(warm_start)!r}: no such checkpoint file (a run folder's "
+                                  f"checkpoint.pt, saved within its warm-up)")
+        warm = read_checkpoint(warm_start)
+        check_warm_start(cfg, warm, warm_start)
     done_before = (state is not None and int(state["epoch"]) >= cfg.epochs
                    and all((out / n).is_file() for n in RUN_OUTPUTS if n != "noisy_labels.csv"))
     if done_before and noisy is None and cfg.noise in GENERATED_NOISE and cfg.dataset != "folder":
@@ -213,6 +283,10 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
                  f"are in {out}/summary.json and labels.csv (--no-resume to run it again)")
             summary = json.loads((out / "summary.json").read_text())
             return RunResult(summary, run.history, out, run.model, run.label_report(), run.last_anchors, run, True)
+    elif warm is not None:
+        run.load_state_dict(_warm_state(run, warm), str(warm_start))
+        wall_before = float(warm.get("wall_seconds", 0.0))
+        _say(f"warm start: {out or cfg.name} from epoch {run.epochs_done} of {warm_start}")
     resumed_from = run.epochs_done
     if not distributed.is_main():  # DDP: every rank read the checkpoint above; rank 0 alone writes
         out = ckpt = None
@@ -259,6 +333,8 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool) -> Run
     summary.update(wall_seconds_this_session=session, resumed_from_epoch=resumed_from,
                    device=str(dev), torch_threads=torch.get_num_threads(), n_train=len(noisy), n_test=len(data.y_test),
                    world_size=distributed.world())
+    if warm is not None:
+        summary["warm_start"] = {"checkpoint": str(warm_start), "epoch": int(warm["epoch"])}
     if data.train_labels_known:
         summary["noise_rate_actual"] = noise_report.actual_rate
     if out is not None:
