@@ -66,6 +66,13 @@ class SlurmOptions:
     signal_delay_s: int = 90
     poll_s: float = 1.0
 
+    def signal_delay(self) -> int:
+        """``signal_delay_s``, at most half the time limit: SLURM signals when fewer than this many
+        seconds are left (checked every 30 s), so a delay at or above a short limit (90 s of a
+        1-minute limit) would signal every allocation at its start, and submitit gives up after
+        3 requeues."""
+        return int(min(self.signal_delay_s, int(self.timeout_min) * 30))
+
     @property
     def ntasks(self) -> int:
         return int(self.tasks) if self.tasks else max(1, int(self.gpus))
@@ -206,8 +213,9 @@ def run_slurm(jobs: list, todo: list, results: list, opts: SlurmOptions, log=pri
     if new:
         ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
         params = dict(timeout_min=int(opts.timeout_min), cpus_per_task=int(opts.cpus), mem_gb=float(opts.mem_gb),
-                      tasks_per_node=opts.ntasks, nodes=1,  # ntasks > 1: the ranks of one DDP run (JobTask) slurm_array_parallelism=int(opts.array_parallelism),
-                      slurm_signal_delay_s=int(opts.signal_delay_s), name="hallnll")
+                      tasks_per_node=opts.ntasks, nodes=1,  # ntasks > 1: the ranks of one DDP run (JobTask)
+                      slurm_array_parallelism=int(opts.array_parallelism),
+                      slurm_signal_delay_s=opts.signal_delay(), name="hallnll")
         if opts.gpus:
             params["gpus_per_node"] = int(opts.gpus)
         if opts.partition:

@@ -16,7 +16,7 @@ from hallnll.run import Run  # noqa: E402
 from hallnll.train import fit, prepare  # noqa: E402
 
 torch.set_num_threads(1)
-TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]  # = test_distributed.TINY
 out = Path(sys.argv[1])
 distributed.setup()
 w, r = distributed.world(), distributed.rank()

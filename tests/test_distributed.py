@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -13,8 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from hallnll import load_config
+from hallnll.train import fit
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tests" / "ddp_check.py"
+PARAMS = ROOT / "params" / "digits-quick.yaml"
+#: the run of tests/ddp_check.py
+TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
 
 
 def _torchrun(*args, **kw):
@@ -49,10 +56,22 @@ def test_two_ranks_score_all_samples_once_agree_on_the_selection_and_resume_afte
     pytest.importorskip("torch.distributed")
     a, b = tmp_path / "a", tmp_path / "b"
     p = _torchrun(a)
+    # meanwhile, in this process: the same run in one process (the same global batch), seeds 0, 1, 2
+    one = [fit(load_config(PARAMS, TINY + [f"seed={s}"])).summary["last_acc"] for s in range(3)]
     text, _ = p.communicate(timeout=300)
     assert p.returncode == 0, text
     assert "identical on both ranks" in text
-    assert (a / "summary.json").is_file() and json.loads((a / "summary.json").read_text())["epochs"] == 4
+    two = json.loads((a / "summary.json").read_text())
+    assert two["epochs"] == 4 and two["world_size"] == 2
+    # The two-rank run draws its own batches and augmentations (every rank its shard of the
+    # global batch), so it is one more seed of the same run: its final accuracy within the seed
+    # spread of the one-process runs. The bound: a 99% prediction interval for a 4th draw from
+    # 3 (Student's t, 2 degrees of freedom: 9.925 * s * sqrt(1 + 1/3)), s at least one test image
+    # (1/450): wide (3 seeds say little about the spread), but a DDP run that trains on part of
+    # the data, mixes the ranks' gradients wrongly or evaluates other weights ends far outside.
+    mean, sd = statistics.mean(one), max(statistics.stdev(one), 1 / 450)
+    bound = 9.925 * sd * (1 + 1 / 3) ** 0.5
+    assert abs(two["last_acc"] - mean) <= bound, (two["last_acc"], one, bound)
     # kill -9 the whole two-rank run after its first checkpoint, then resume it
     p = _torchrun(b, "fit-only")
     t0 = time.time()

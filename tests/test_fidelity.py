@@ -204,7 +204,7 @@ CIFAR_SMALL = ["dataset=cifar10", "noise=none", "arch=preact_resnet18", "width=8
 SSL_TOLERANCE = 0.01
 
 
-def test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar(cifar10):
+def test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar(cifar10, tmp_path):
     # Measured on the development CPU (one thread; mean test accuracy over
     # epochs 9-12): ce 39.62%, gmm 39.42% (-0.20) with the BatchNorm statistics
     # re-estimated after every epoch; gmm 37.95% (-1.67) with the running
@@ -216,9 +216,13 @@ def test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar(cifar10):
     cfg = load_config("fidelity-cifar10", CIFAR_SMALL)
     data, noisy, _ = prepare(cfg, data=cifar10, progress=False)
     assert len(noisy) == 2000 and bool((noisy == data.y_train).all())
-    ce = fit(cfg.replace(variant="ce"), data=data, noisy=noisy).history
-    gmm = fit(cfg.replace(variant="gmm"), data=data, noisy=noisy).history
-    assert ce[7]["test_acc"] == gmm[7]["test_acc"]  # the same warm-up
+    # the 8 warm-up epochs are trained once: ce's first 8 epochs, then gmm continues from their
+    # checkpoint (warm_start: the run from scratch, epoch for epoch, tests/test_warm_start.py) and
+    # ce resumes its own (resume: the uninterrupted run, tests/test_golden.py)
+    fit(cfg.replace(variant="ce", epochs=8), tmp_path, data=data, noisy=noisy)
+    gmm = fit(cfg.replace(variant="gmm"), data=data, noisy=noisy, warm_start=tmp_path / "checkpoint.pt").history
+    ce = fit(cfg.replace(variant="ce"), tmp_path, data=data, noisy=noisy).history
+    assert len(ce) == len(gmm) == 12 and ce[7]["test_acc"] == gmm[7]["test_acc"]  # the same warm-up
     assert [r["phase"] for r in gmm[8:]] == ["ssl"] * 4
     mean_ce = sum(r["test_acc"] for r in ce[8:]) / 4
     mean_gmm = sum(r["test_acc"] for r in gmm[8:]) / 4

@@ -26,11 +26,21 @@ def short(cfg, **kw):
     return cfg.replace(**base)
 
 
-def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, tmp_path):
+@pytest.fixture(scope="module")
+def warmup8(digits_cbased40, tmp_path_factory):
+    """The 8 warm-up epochs of short(), trained once: the variants' runs below start from their
+    checkpoint (fit's warm_start: the run from scratch, epoch for epoch, tests/test_warm_start.py)."""
+    cfg, data, noisy, _ = digits_cbased40
+    out = tmp_path_factory.mktemp("warmup8")
+    fit(short(cfg, variant="ce", epochs=8, lr_decay_epoch=0), out, data=data, noisy=noisy)
+    return out / "checkpoint.pt"
+
+
+def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, warmup8, tmp_path):
     cfg, data, noisy, rep = digits_cbased40
     assert abs(rep.actual_rate - 0.4) < 0.005
-    ce = fit(short(cfg, variant="ce"), tmp_path / "ce", data=data, noisy=noisy)
-    hal = fit(short(cfg, variant="hallnll"), tmp_path / "hal", data=data, noisy=noisy)
+    ce = fit(short(cfg, variant="ce"), tmp_path / "ce", data=data, noisy=noisy, warm_start=warmup8)
+    hal = fit(short(cfg, variant="hallnll"), tmp_path / "hal", data=data, noisy=noisy, warm_start=warmup8)
     assert hal.summary["best_acc"] > ce.summary["best_acc"] + 0.03, (hal.summary, ce.summary)
     assert hal.summary["last_acc"] > ce.summary["last_acc"] + 0.03
     last = hal.history[-1]
@@ -65,9 +75,10 @@ def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, tmp
         assert last["corrected_acc"] == pytest.approx(sum(r[2] == r[7] for r in changed) / len(changed))
 
 
-def test_variants_select_as_table5_describes(digits_cbased40):
+def test_variants_select_as_table5_describes(digits_cbased40, warmup8):
     cfg, data, noisy, _ = digits_cbased40
-    runs = {v: fit(short(cfg, variant=v, epochs=10, warmup_epochs=8, lr_decay_epoch=0), None, data=data, noisy=noisy)
+    runs = {v: fit(short(cfg, variant=v, epochs=10, warmup_epochs=8, lr_decay_epoch=0), None, data=data, noisy=noisy,
+                   warm_start=warmup8)
             for v in ("gmm", "easy")}
     gmm, easy = runs["gmm"].history[-1], runs["easy"].history[-1]
     assert gmm["n_clean_hard"] == 0 and easy["n_clean_hard"] == 0
