@@ -67,11 +67,12 @@ class SlurmOptions:
     poll_s: float = 1.0
 
     def signal_delay(self) -> int:
-        """``signal_delay_s``, at most half the time limit: SLURM signals when fewer than this many
-        seconds are left (checked every 30 s), so a delay at or above a short limit (90 s of a
-        1-minute limit) would signal every allocation at its start, and submitit gives up after
-        3 requeues."""
-        return int(min(self.signal_delay_s, int(self.timeout_min) * 30))
+        """``signal_delay_s``, at most a third of the time limit. slurmctld looks every 30 s and
+        signals when fewer than delay + 30 s are left, so a delay of half a short limit or more
+        (90 s, or 30 s, of a 1-minute limit) signals every allocation at its start, before
+        submitit's handler is installed (measured: the task dies of the signal, unrequeued).
+        A 1-minute limit: signalled 10-40 s after the start."""
+        return int(min(self.signal_delay_s, int(self.timeout_min) * 20))
 
     @property
     def ntasks(self) -> int:
