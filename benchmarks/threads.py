@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hallnll import engine  # noqa: E402
-from hallnll.cli import cpu_has_amx  # noqa: E402
+from hallnll.tools.cli import cpu_has_amx  # noqa: E402
 from hallnll.data import DeviceImages  # noqa: E402
 from hallnll.models import build_model  # noqa: E402
 

@@ -11,7 +11,7 @@
   ``true_label`` when the clean labels are known. (The label-issue report,
   out of sample and with class names, is :mod:`hallnll.label_issues`.)
 
-(The plots of these files are in :mod:`hallnll.figures`.)
+(The plots of these files are in :mod:`hallnll.tools.figures`.)
 
 All writes are atomic (temporary file, then rename), so an interrupted run
 never leaves a half-written file. A checkpoint carries the SHA-256 of its

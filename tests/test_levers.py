@@ -438,7 +438,7 @@ def test_settings_added_since_a_run_count_at_their_defaults(tmp_path):
 
 # ================================================================ the bench and the GPU command
 def test_lever_configs_are_cumulative():
-    from hallnll import bench
+    from hallnll.tools import bench
 
     base = bench.bench_config(None, ["dataset=digits"])
     cfgs = {name: cfg for name, _, cfg in bench.lever_configs(base)}

@@ -28,7 +28,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hallnll import bench, engine, selection, ssl
+from hallnll import engine, selection, ssl
+from hallnll.tools import bench
 from hallnll.config import ConfigError, load_config
 from hallnll.data import DeviceImages, augment_batch
 from hallnll.hallucination import Hallucinator, hallucinate
@@ -372,7 +373,7 @@ def _check_report(r: dict, n_train: int):
 
 
 def test_bench_cli_digits_writes_json(tmp_path, capsys):
-    from hallnll.cli import main
+    from hallnll.tools.cli import main
 
     out = tmp_path / "bench.json"
     rc = main(["bench", "--set", "dataset=digits", "--set", "arch=small_cnn", "--set", "device=cpu",

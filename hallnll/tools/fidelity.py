@@ -10,7 +10,7 @@ several), the same data and initialisation for every cell:
     clean      ce  gmm  easy  hallnll        (noise=none)
     noisy      ce  gmm  easy  hallnll        (the params file's noise, e.g. dependent0.4.csv)
 
-Each cell is an ordinary :class:`hallnll.jobs.Job` (one run of
+Each cell is an ordinary :class:`hallnll.tools.jobs.Job` (one run of
 :func:`hallnll.train.fit`, in ``OUT/<labels>/<variant>/seed<k>``, skipped
 when finished with the same settings), so the grid runs in parallel
 processes and resumes. The report prints per-epoch test accuracy of every
@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import ConfigError, load_config
-from .config import VARIANTS as _ALL_VARIANTS
+from ..config import ConfigError, load_config
+from ..config import VARIANTS as _ALL_VARIANTS
 from .jobs import Job, run_jobs
-from .reporting import atomic_write_text, read_metrics
+from ..reporting import atomic_write_text, read_metrics
 
 #: the grid's variants: Table 5's rows (config.VARIANTS without dividemix, the baseline of its own)
 VARIANTS = tuple(v for v in _ALL_VARIANTS if v != "dividemix")
@@ -358,7 +358,7 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
 
 
 def main(args) -> int:
-    from .lock import check_output
+    from ..lock import check_output
 
     check_output(args.out)  # first of all (each cell's run folder is locked by its fit)
     run(args.params, args.set, args.out, args.seeds, args.parallel, tuple(args.variants.split(",")),

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
 
 QUICKSTART_PARAMS = "digits-quick"  # the shipped params/digits-quick.yaml
 #: the quick start's schedule: half of digits-quick's 60 epochs (the same 10 warm-up, the decay
@@ -28,10 +28,10 @@ QUICKSTART_SCHEDULE = ("epochs=30", "lr_decay_epoch=22")
 
 
 def _input_errors():
-    from .data import DataError
-    from .noise import NoiseError
-    from .lock import OutputError
-    from .train import CheckpointError
+    from ..data import DataError
+    from ..noise import NoiseError
+    from ..lock import OutputError
+    from ..train import CheckpointError
 
     return ConfigError, DataError, NoiseError, CheckpointError, OutputError
 
@@ -59,8 +59,8 @@ def _fmt(x, pct=True):
 
 
 def cmd_train(args) -> int:
-    from .lock import check_output
-    from .train import fit
+    from ..lock import check_output
+    from ..train import fit
 
     out = check_output(args.out)
     _counts(args)
@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
                       + (f"\n  log: {s['log']}" if s.get("log") else ""))
         return 1 if any("error" in s and not s.get("pending") for s in summaries) else 0
     res = fit(cfg, out, resume=not args.no_resume)
-    from .distributed import is_main
+    from ..distributed import is_main
 
     if not is_main():  # under torchrun rank 0 reports
         return 0
@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
 
 
 def add_executor_args(p) -> None:
-    """``--executor {process,slurm}`` and the SLURM job array's resources (hallnll.cluster)."""
+    """``--executor {process,slurm}`` and the SLURM job array's resources (hallnll.tools.cluster)."""
     g = p.add_argument_group("executor", "where the runs go: local worker processes, or one SLURM job array "
                                          "(submitit; pip install -e '.[cluster]')")
     g.add_argument("--executor", choices=("process", "slurm"), default="process")
@@ -115,7 +115,7 @@ def add_executor_args(p) -> None:
 
 
 def slurm_options(args):
-    """The :class:`hallnll.cluster.SlurmOptions` of ``--executor slurm``, else None."""
+    """The :class:`hallnll.tools.cluster.SlurmOptions` of ``--executor slurm``, else None."""
     if getattr(args, "executor", "process") != "slurm":
         return None
     from .cluster import SlurmOptions
@@ -142,8 +142,8 @@ def folder_config(train_csv, test_csv=None, params=None, overrides=()):
     on a CPU with AMX units, bf16 autocast (``cpu_bf16``), unless they are set."""
     import statistics
 
-    from .data.sources import _read_path_label_csv
-    from .engine import resolve_device
+    from ..data.sources import _read_path_label_csv
+    from ..engine import resolve_device
 
     sets = [f"folder_train_csv={train_csv}"] + ([f"folder_test_csv={test_csv}"] if test_csv else []) + list(overrides)
     given = {s.split("=", 1)[0].strip() for s in overrides}
@@ -186,14 +186,14 @@ def folder_config(train_csv, test_csv=None, params=None, overrides=()):
 
 def cmd_fit_folder(args) -> int:
     """The label-issue report of one's own folder (hallnll.label_issues)."""
-    from . import label_issues
-    from .lock import check_output
+    from .. import label_issues
+    from ..lock import check_output
 
     check_output(args.out)
     cfg = folder_config(args.train_csv, args.test, args.params, args.set)
     if args.no_progress:
         cfg = cfg.replace(progress=False)
-    from .engine import resolve_device
+    from ..engine import resolve_device
 
     print(f"hallnll fit-folder: {cfg.folder_train_csv}{' + ' + cfg.folder_test_csv if cfg.folder_test_csv else ''} "
           f"on {resolve_device(cfg.device)} ({cfg.threads or 'all'} CPU thread(s)): {cfg.arch} at {cfg.image_size} px, "
@@ -214,9 +214,9 @@ def cmd_quickstart(args) -> int:
     (``--parallel``, default: one per CPU core, at most 4)."""
     from .figures import plot_correction, plot_training
     from .jobs import Job, run_jobs, worker_threads
-    from .lock import check_output
-    from .reporting import read_metrics
-    from .train import prepare
+    from ..lock import check_output
+    from ..reporting import read_metrics
+    from ..train import prepare
 
     out = check_output(args.out)
     if args.figures:
@@ -256,10 +256,10 @@ def cmd_quickstart(args) -> int:
 
 def cmd_noise(args) -> int:
     """Make the noisy training labels of ``cfg.noise``, print their report, write the CSV."""
-    from .data import load_dataset
-    from .noise import make_noisy_labels, save_label_csv
-    from .lock import check_output
-    from .train import cpu_threads
+    from ..data import load_dataset
+    from ..noise import make_noisy_labels, save_label_csv
+    from ..lock import check_output
+    from ..train import cpu_threads
 
     out = check_output(args.out, "file")  # before the labels are made (minutes for C-based noise)
     cfg = load_config(args.params, args.overrides)

@@ -102,11 +102,11 @@ from pathlib import Path
 
 import torch
 
-from . import engine, selection
-from .config import Config, ConfigError, from_dict, load_config, parse_overrides
-from .data import CIFAR10_CLASSES, DeviceImages, ImageData, load_dataset
-from .run import Run, Timer
-from .train import prepare
+from .. import engine, selection
+from ..config import Config, ConfigError, from_dict, load_config, parse_overrides
+from ..data import CIFAR10_CLASSES, DeviceImages, ImageData, load_dataset
+from ..run import Run, Timer
+from ..train import prepare
 
 DEFAULT_PEAK_TFLOPS = 800.0
 PHASES = ("warmup", "easiness", "hallucination", "hard_select", "ssl", "eval", "checkpoint", "predict_train")
@@ -587,7 +587,7 @@ def check_hal(run: Run) -> dict:
     the hard selection they make."""
     import copy
 
-    from .hallucination import StaticHalStep, hallucinate
+    from ..hallucination import StaticHalStep, hallucinate
 
     cfg = run.cfg
     ez = run.easiness()
@@ -858,7 +858,7 @@ def main(args) -> int:
     params = getattr(args, "params", None)
     epochs = int(getattr(args, "epochs", 3) or 3)
     json_path = getattr(args, "json", None) or "bench.json"
-    from .lock import check_output
+    from ..lock import check_output
 
     check_output(json_path, "file", "--json")  # before minutes of timing
     levers = getattr(args, "levers", None)
@@ -884,7 +884,7 @@ def main(args) -> int:
     if synthetic and dev.type == "cpu" and opts["n_train"] is None:
         _log("bench: on the CPU the synthetic set is 4096 train / 1024 test images; "
              "--set bench.n_train=50000 --set bench.n_test=10000 for CIFAR's size")
-    from .train import cpu_threads
+    from ..train import cpu_threads
 
     with cpu_threads(cfg.threads):  # every command runs under cfg.threads
         report = run_bench(cfg, epochs, opts, synthetic=synthetic)
