@@ -438,11 +438,11 @@ def test_settings_added_since_a_run_count_at_their_defaults(tmp_path):
 
 # ================================================================ the bench and the GPU command
 def test_lever_configs_are_cumulative():
-    from hallnll.tools import bench
+    from hallnll.tools import bench, bench_levers
 
     base = bench.bench_config(None, ["dataset=digits"])
-    cfgs = {name: cfg for name, _, cfg in bench.lever_configs(base)}
-    assert list(cfgs) == list(bench.LEVER_NAMES)
+    cfgs = {name: cfg for name, _, cfg in bench_levers.lever_configs(base)}
+    assert list(cfgs) == list(bench_levers.LEVER_NAMES)
     b = cfgs["baseline"]
     assert (b.bf16, b.channels_last, b.cudnn_benchmark, b.gmm_backend, b.hal_graph, b.compile_step) == \
         (False, False, False, "sklearn", False, False)
@@ -450,10 +450,10 @@ def test_lever_configs_are_cumulative():
     assert (last.bf16, last.channels_last, last.sgd_impl, last.gmm_backend, last.hal_graph, last.compile_step,
             last.compile_mode) == (True, True, "fused", "torch", True, True, "reduce-overhead")
     # a subset measures the same configurations as the full list
-    sub = {name: cfg for name, _, cfg in bench.lever_configs(base, ["baseline", "gmm_torch"])}
+    sub = {name: cfg for name, _, cfg in bench_levers.lever_configs(base, ["baseline", "gmm_torch"])}
     assert sub["gmm_torch"] == cfgs["gmm_torch"]
     with pytest.raises(ConfigError, match="unknown lever"):
-        bench.lever_configs(base, ["warp_speed"])
+        bench_levers.lever_configs(base, ["warp_speed"])
 
 
 def test_gpu_speed_script_dry_run(tmp_path):

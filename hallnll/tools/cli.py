@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from .text import table
 
 QUICKSTART_PARAMS = "digits-quick"  # the shipped params/digits-quick.yaml
 #: the quick start's schedule: half of digits-quick's 60 epochs (the same 10 warm-up, the decay
@@ -44,14 +45,6 @@ def _counts(args) -> None:
             raise ConfigError(f"--{name} {v}: give a whole number of at least 1")
 
 
-def _table(rows, headers) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
 def _fmt(x, pct=True):
     if x is None:
         return "-"
@@ -73,7 +66,7 @@ def cmd_train(args) -> int:
                               resume=not args.no_resume, slurm=slurm)
         rows = [[s.get("seed"), _fmt(s.get("best_acc")), _fmt(s.get("last_acc")), s.get("epochs"),
                  _fmt(s.get("wall_seconds"), False)] for s in summaries]
-        print(_table(rows, ["seed", "best %", "last %", "epochs", "seconds"]))
+        print(table(rows, ["seed", "best %", "last %", "epochs", "seconds"]))
         for s in summaries:
             if "error" in s:
                 print(f"seed {s['seed']}: {'queued' if s.get('pending') else 'FAILED'}: {s['error']}"
@@ -85,7 +78,7 @@ def cmd_train(args) -> int:
     if not is_main():  # under torchrun rank 0 reports
         return 0
     s = res.summary
-    print(_table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
+    print(table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
                  ["variant", "best %", "last %", "epochs", "seconds"]))
     if res.finished_before:
         print(f"finished already: the results are in {out}/ (summary.json, labels.csv, metrics.jsonl)")
@@ -245,7 +238,7 @@ def cmd_quickstart(args) -> int:
                      last.get("n_clean_hard", "-"), _fmt(last.get("precision_clean_hard")),
                      _fmt(last.get("label_noise_rate")), _fmt(s["wall_seconds"], False)])
     print()
-    print(_table(rows, ["variant", "best acc %", "last acc %", "easy prec %", "|clean-hard|",
+    print(table(rows, ["variant", "best acc %", "last acc %", "easy prec %", "|clean-hard|",
                         "clean-hard prec %", "train-label noise %", "seconds"]))
     fig_dir = Path(args.figures) if args.figures else out
     plot_training(hists, fig_dir / "quickstart_accuracy", title="digits, 40% classification-based noise")

@@ -128,7 +128,7 @@ def require() -> None:
 def _kernel_spec(threads: int) -> dict:
     """This interpreter as a kernel; hallnll importable; ``threads`` for OpenMP/MKL;
     log level ERROR (so no notice about running over TCP)."""
-    package_parent = str(Path(__file__).resolve().parents[1])
+    package_parent = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH", "")
     env = {"PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
     if threads:
