@@ -53,7 +53,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import engine, reporting
+from . import engine, levers, reporting
 from .config import Config, ConfigError
 from .data import DataError, ImageData
 from .data.stream import device_images
@@ -220,7 +220,7 @@ def _subset_data(data: ImageData, idx: torch.Tensor, name: str) -> ImageData:
 def _probs(model, x: torch.Tensor, data: ImageData, cfg: Config, device) -> np.ndarray:
     if len(x) == 0:
         return np.zeros((0, data.num_classes), np.float32)
-    bf16 = engine.use_bf16(cfg, device)  # as the Run that trained the model
+    bf16 = levers.use_bf16(cfg, device)  # as the Run that trained the model
     images = device_images(x, data.mean, data.std, device, cfg.channels_last and (device.type == "cuda" or bf16), cfg)
     logits, _ = engine.predict(model, images, cfg.eval_batch_size, bf16, features=False)
     return torch.softmax(logits.float(), 1).cpu().numpy()

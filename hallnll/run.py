@@ -42,11 +42,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import cotrain, distributed, engine, reporting, selection, ssl
+from . import cotrain, distributed, engine, levers, reporting, selection, ssl
 from .config import Config, ConfigError
 from .data import ImageData
 from .data.stream import balanced_draw, device_images
-from .hallucination import HallucinationResult, Hallucinator, StaticHalStep, hallucinate
+from .hallucination import HallucinationResult, Hallucinator, hallucinate
 from .models import build_model
 
 
@@ -145,20 +145,33 @@ class Run:
     """
 
     def __init__(self, cfg: Config, data: ImageData, noisy: torch.Tensor, device=None):
+        cfg.validate()
         dev = engine.resolve_device(cfg.device) if device is None else torch.device(device)
-        self.bf16 = engine.use_bf16(cfg, dev)  # bf16 autocast here (CUDA, or the CPU with cpu_bf16)
-        cl = cfg.channels_last and (dev.type == "cuda" or self.bf16)
+        self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
+        self.bf16 = levers.use_bf16(cfg, dev)  # bf16 autocast (a lever: CUDA, or the CPU with cpu_bf16)
+        cl = levers.use_channels_last(cfg, dev, self.bf16)
+        # cfg.nets networks f_theta/g_rho, each with its hallucinator h_phi and their SGD optimisers
+        # (hallnll.cotrain; the attributes below are network 1's, cotrain.acting(run, k) makes network k the run's)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            built = []  # cfg.nets networks, each f_theta/g_rho then its h_phi (one network: the draws as always)
+            built = []  # each network, then its h_phi (one network: the draws as always)
             for _ in range(cfg.nets):
                 m = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
                 built.append((m, Hallucinator(m.feature_dim, cfg.hal_hidden, cfg.hal_out_relu, cfg.hal_skip,
                                               cfg.hal_norm, cfg.lambda_p).to(dev)))
-            model, self.hal = built[0]
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
+        self.nets = []
+        for m, h in built:
+            m = levers.memory_format(m, cl)
+            # h_phi's optimiser: SGD with the model's momentum and weight decay, lr hal_lr or lr
+            self.nets.append(cotrain.Net(
+                m, m, h, engine.make_optimizer(m.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl),
+                engine.make_optimizer(h.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
+                                      cfg.sgd_impl)))
+        net = self.nets[0]
+        self.model, self.train_model, self.hal, self.opt, self.hal_opt = \
+            net.model, net.train_model, net.hal, net.opt, net.hal_opt
+        # what is evaluated: the model, or the sum of both networks' logits (DivideMix's test())
+        self.eval_model = self.model if len(self.nets) == 1 else cotrain.Ensemble([n.model for n in self.nets])
         # resident uint8 on the device, or streamed from disk per batch (ImagePaths: hallnll.data.stream)
         self.train_x = device_images(data.x_train, data.mean, data.std, dev, cl, cfg, cfg.seed)
         self.test_x = device_images(data.x_test, data.mean, data.std, dev, cl, cfg, cfg.seed + 1)
@@ -170,44 +183,17 @@ class Run:
                                                                    cfg.seed + 2)
         self.y_val = None if data.y_val is None else data.y_val.to(dev)
         self.draw: Optional[torch.Tensor] = None  # the training indices of this epoch's draw (Config.epoch_batches)
-        self.model = model
-        # the compile levers (Config.compile, compile_step): compiled steps get the plain model and compile it inside
-        comp = (cfg.compile or cfg.compile_step) and engine.compile_active(dev, cfg.compile_backend)
-        # streamed images are decoded by DataLoader workers, which a compiled step cannot hold: the model alone
-        step = cfg.compile_step and not data.streamed
-        compile_model = comp and (cfg.compile or cfg.compile_step) and not step
-        self.train_model = engine.compiled(model, cfg.compile_mode, cfg.compile_backend) if compile_model else model
+        # the step losses: None runs the eager engine.ce_loss / ssl.mixmatch_loss (compile_step replaces them)
+        self.ce_loss = self.mixmatch_loss = None
+        self.hal_step: Optional[levers.StaticHalStep] = None  # hal_graph: built at the first hallucination phase
+        levers.compile_run(self, data.streamed)  # compile / compile_step (hallnll.levers)
         # DDP under torchrun (hallnll.distributed): gradients averaged over the ranks, each on its part of a batch
         self.part = distributed.batch_part()
         if self.part is not None:
             if cfg.nets > 1:
                 raise ConfigError("nets=2 under torchrun (DDP) is not built yet: run the co-trained networks in one "
                                   "process, or nets=1 over several")
-            self.train_model = distributed.wrap(model)
-        self.ce_loss = engine.compiled(engine.ce_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and step else None
-        self.mixmatch_loss = engine.compiled(ssl.mixmatch_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and step else None
-        if self.ce_loss is not None:  # tensors the compiled steps read whole: CUDA graphs must not copy them
-            for t in (self.train_x.x, self.train_x.mean, self.train_x.std, self.given):
-                torch._dynamo.mark_static_address(t)
-        self.opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl)
-        # h_phi's optimiser: SGD with the model's momentum and weight decay, lr hal_lr or lr
-        self.hal_opt = engine.make_optimizer(self.hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
-                                             cfg.sgd_impl)
-        self.hal_step: Optional[StaticHalStep] = None  # Config.hal_graph: built at the first hallucination phase
-        # Config.nets: the networks of the run (hallnll.cotrain); the attributes above are network 1's,
-        # and cotrain.acting(run, k) makes network k the run's while a step runs
-        self.nets = [cotrain.Net(self.model, self.train_model, self.hal, self.opt, self.hal_opt)]
-        for m, h in built[1:]:
-            m = m.to(memory_format=torch.channels_last) if cl else m
-            self.nets.append(cotrain.Net(
-                m, engine.compiled(m, cfg.compile_mode, cfg.compile_backend) if compile_model else m, h,
-                engine.make_optimizer(m.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl),
-                engine.make_optimizer(h.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
-                                      cfg.sgd_impl)))
-        # what is evaluated: the model, or the sum of both networks' logits (DivideMix's test())
-        self.eval_model = self.model if len(self.nets) == 1 else cotrain.Ensemble([n.model for n in self.nets])
+            self.train_model = self.nets[0].train_model = distributed.wrap(self.model)
         self.gen = torch.Generator(dev).manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.timer = Timer(dev)
@@ -261,7 +247,7 @@ class Run:
             batch = cfg.hal_batch_size or cfg.batch_size
             iters = cfg.hal_iters or engine.num_iters(len(self.given), batch)
             if cfg.hal_graph and self.hal_step is None:
-                self.hal_step = StaticHalStep(self.hal, self.hal_opt, self.model.classifier, batch, cfg.lambda_p,
+                self.hal_step = levers.StaticHalStep(self.hal, self.hal_opt, self.model.classifier, batch, cfg.lambda_p,
                                               self.device)
             return hallucinate(self.hal, self.hal_opt, self.model.classifier, feats[easy_idx], self.given[easy_idx],
                                self.num_classes, iters, batch, cfg.lambda_p, self.gen, static_step=self.hal_step)
@@ -436,7 +422,7 @@ class Run:
         to :attr:`history` and return it. Raises :class:`TrainingError` on a
         non-finite loss (the run's state is then not to be saved). Runs in
         cuDNN benchmark mode where ``cfg.cudnn_benchmark`` (CUDA)."""
-        with engine.cudnn_benchmark(self.cfg.cudnn_benchmark, self.device):
+        with levers.cudnn_benchmark(self.cfg.cudnn_benchmark, self.device):
             return self._epoch()
 
     def _epoch(self) -> dict:

@@ -146,7 +146,7 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
     n_l, n_u = len(lab_idx), len(unl_idx)
     pad, flip = cfg.crop_padding, cfg.hflip
     if bf16 is None:  # the caller did not decide: bf16 where cfg asks for it on this device
-        from .engine import use_bf16
+        from .levers import use_bf16
 
         bf16 = use_bf16(cfg, dev)
 

@@ -27,10 +27,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hallnll import engine, jobs, selection, ssl
+from hallnll import engine, gmm_torch, levers, selection, ssl
+from hallnll.tools import jobs
 from hallnll.config import ConfigError, load_config
 from hallnll.data import DeviceImages, ImageData
-from hallnll.hallucination import Hallucinator, StaticHalStep, hallucinate, hallucination_loss, sample_partners
+from hallnll.hallucination import Hallucinator, hallucinate, hallucination_loss, sample_partners
+from hallnll.levers import StaticHalStep
 from hallnll.models import build_model
 from hallnll.run import Run
 from hallnll.train import prepare
@@ -77,7 +79,7 @@ def _sklearn_kmeans(x: torch.Tensor, seed: int) -> np.ndarray:
 def _compare_gmms(losses, labels, seeds=(0, 1, 2), max_iter=10):
     for seed in seeds:
         x = selection.normalized_losses(losses)
-        assert np.array_equal(selection.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
+        assert np.array_equal(gmm_torch.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
         a = selection.fit_loss_gmm(losses, max_iter, seed, "sklearn")
         b = selection.fit_loss_gmm(losses, max_iter, seed, "torch")
         assert a.backend == "sklearn" and b.backend == "torch"
@@ -129,7 +131,7 @@ def test_kmeans_stopping_rules_on_hard_shapes():
     for data in sets:
         x = selection.normalized_losses(data)
         for seed in range(8):
-            assert np.array_equal(selection.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
+            assert np.array_equal(gmm_torch.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
 
 
 def test_torch_gmm_reads_nothing_on_the_host(digits_losses, no_host_reads):
@@ -353,8 +355,8 @@ def test_inductor_compiled_steps_train_like_eager():
     cfg = load_config(None, DIGITS + ["epochs=2", "warmup_epochs=1", "compile_step=true"])
     data, noisy, _ = prepare(cfg, progress=False)
     run = Run(cfg, data, noisy)
-    run.ce_loss = engine.compiled(engine.ce_loss)  # inductor on the CPU, forced for this check
-    run.mixmatch_loss = engine.compiled(ssl.mixmatch_loss)
+    run.ce_loss = levers.compiled(engine.ce_loss)  # inductor on the CPU, forced for this check
+    run.mixmatch_loss = levers.compiled(ssl.mixmatch_loss)
     r1 = [run.epoch(), run.epoch()]
     for a, b in zip(r1, r0):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
@@ -386,10 +388,10 @@ def test_cudnn_benchmark_is_set_for_the_block_and_restored():
     before = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
-        with engine.cudnn_benchmark(True, torch.device("cuda")):
+        with levers.cudnn_benchmark(True, torch.device("cuda")):
             assert torch.backends.cudnn.benchmark is True
         assert torch.backends.cudnn.benchmark is False
-        with engine.cudnn_benchmark(True, torch.device("cpu")):  # no effect off CUDA
+        with levers.cudnn_benchmark(True, torch.device("cpu")):  # no effect off CUDA
             assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
@@ -400,8 +402,8 @@ def test_speed_settings_are_checked():
     for bad, key in (("compile_mode=fast", "compile_mode"), ("compile_backend=", "compile_backend")):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
-    assert engine.compile_active(torch.device("cuda")) and not engine.compile_active(torch.device("cpu"))
-    assert engine.compile_active(torch.device("cpu"), "aot_eager")
+    assert levers.compile_active(torch.device("cuda")) and not levers.compile_active(torch.device("cpu"))
+    assert levers.compile_active(torch.device("cpu"), "aot_eager")
 
 
 # ================================================================ parallel runs

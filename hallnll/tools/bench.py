@@ -88,7 +88,7 @@ from pathlib import Path
 
 import torch
 
-from .. import engine
+from .. import engine, levers
 from ..config import Config, ConfigError, from_dict, load_config, parse_overrides
 from ..data import CIFAR10_CLASSES, ImageData, load_dataset
 from ..run import Run, Timer
@@ -308,7 +308,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
     # -- diagnostic: the training-set forward pass alone
     for r in range(reps):
         run.timer.reset()
-        with run.timer.phase("predict_train"), engine.cudnn_benchmark(cfg.cudnn_benchmark, dev):
+        with run.timer.phase("predict_train"), levers.cudnn_benchmark(cfg.cudnn_benchmark, dev):
             engine.predict(model, run.train_x, cfg.eval_batch_size, run.bf16)
         rec.add("predict_train", run.timer.seconds["predict_train"], n, fwd * n)
 
@@ -349,8 +349,8 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
         "bench": {"epochs": epochs, "warmup": warm, "peak_tflops": peak,
                   "cudnn_benchmark_active": bool(cfg.cudnn_benchmark and dev.type == "cuda"),
                   "bf16_active": bool(run.bf16), "channels_last_active": bool(cfg.channels_last and (dev.type == "cuda" or run.bf16)),
-                  "compile_active": bool(cfg.compile and engine.compile_active(dev, cfg.compile_backend)),
-                  "compile_step_active": bool(cfg.compile_step and engine.compile_active(dev, cfg.compile_backend))},
+                  "compile_active": bool(cfg.compile and levers.compile_active(dev, cfg.compile_backend)),
+                  "compile_step_active": bool(cfg.compile_step and levers.compile_active(dev, cfg.compile_backend))},
         "flops": {"model_forward_per_image": fwd, "model_train_per_image": 3 * fwd,
                   "hallucinator_forward_per_anchor": hal_fwd, "feature_dim": d},
         "setup_seconds": setup,

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from .. import engine, selection
+from .. import engine, levers, selection
 from ..config import Config, ConfigError
 from ..data import load_dataset
 from ..run import Run
@@ -71,7 +71,7 @@ def lever_configs(base: Config, names=None) -> list:
 def lever_active(name: str, cfg: Config, dev) -> bool:
     """Whether the lever changes anything on ``dev`` (bf16, channels_last, cuDNN and CUDA graphs are CUDA-only)."""
     cuda = torch.device(dev).type == "cuda"
-    comp = engine.compile_active(dev, cfg.compile_backend)
+    comp = levers.compile_active(dev, cfg.compile_backend)
     return {"baseline": True, "bf16": cuda, "channels_last": cuda, "cudnn_benchmark": cuda, "fused_sgd": True,
             "gmm_torch": True, "hal_graph": True, "compile_model": comp and not cfg.compile_step,
             "compile_step": comp, "cuda_graphs": cuda and comp and cfg.compile_backend == "inductor"}[name]
@@ -103,7 +103,8 @@ def check_hal(run: Run) -> dict:
     the hard selection they make."""
     import copy
 
-    from ..hallucination import StaticHalStep, hallucinate
+    from ..hallucination import hallucinate
+    from ..levers import StaticHalStep
 
     cfg = run.cfg
     ez = run.easiness()
