@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+HAL_NORMS = ("parents", "free")  # Hallucinator(norm=...), Config.hal_norm
+
 
 class Hallucinator(nn.Module):
     """h_phi: concat(s_u, s_v) [2d] -> hidden -> [d], ReLU between.
@@ -85,8 +87,8 @@ class Hallucinator(nn.Module):
     def __init__(self, dim: int, hidden: int = 0, out_relu: bool = True, skip: bool = True, norm: str = "parents",
                  lambda_p: float = 0.6):
         super().__init__()
-        if norm not in ("free", "parents"):
-            raise ValueError(f"norm={norm!r}: use free or parents")
+        if norm not in HAL_NORMS:
+            raise ValueError(f"norm={norm!r}: use one of {', '.join(HAL_NORMS)}")
         hidden = hidden or dim
         self.skip, self.out_relu, self.norm, self.lambda_p = skip, out_relu, norm, lambda_p
         self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
