@@ -54,6 +54,14 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the message names epoch and phase."""
 
 
+class CheckpointError(ValueError):
+    """``checkpoint.pt`` cannot be resumed (unreadable, or made with other settings or labels)."""
+
+
+class OtherLabelsError(CheckpointError, TrainingError):
+    """A saved state made with other noisy labels than the run's (both a checkpoint and a training error)."""
+
+
 class Timer:
     """Seconds spent per named phase; on CUDA the device is synchronised at the
     start and end of each phase (only there), so a phase's time is its own.
@@ -185,6 +193,7 @@ class Run:
         self.draw: Optional[torch.Tensor] = None  # the training indices of this epoch's draw (Config.epoch_batches)
         # the step losses: None runs the eager engine.ce_loss / ssl.mixmatch_loss (compile_step replaces them)
         self.ce_loss = self.mixmatch_loss = None
+        self.mixmatch = ssl.MixMatchSettings.of(cfg)  # what ssl.ssl_epoch reads of cfg
         self.hal_step: Optional[levers.StaticHalStep] = None  # hal_graph: built at the first hallucination phase
         levers.compile_run(self, data.streamed)  # compile / compile_step (hallnll.levers)
         # DDP under torchrun (hallnll.distributed): gradients averaged over the ranks, each on its part of a batch
@@ -286,7 +295,7 @@ class Run:
             unl_idx = (~labeled).nonzero().squeeze(1)
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
-                                 sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
+                                 sel.weights[lab_idx], unl_idx, self.num_classes, self.mixmatch, self.epochs_done, self.gen,
                                  self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16, part=self.part,
                                  peer=peer)
 
@@ -343,51 +352,12 @@ class Run:
 
     # ------------------------------------------------------------ diagnostics
     def selection_diagnostics(self, ez: Easiness, sel: Selection, hal: Optional[HallucinationResult]) -> dict:
-        """What the labeled/unlabeled split and S_hal look like (metrics.jsonl keys).
-
-        - ``unlabeled_pred_acc`` (truth known): accuracy of the model's own
-          predictions on the unlabeled set, the basis of MixMatch's label
-          guesses there; ``target_acc``: share of all training samples whose
-          SSL target is right (label where labeled, prediction where not),
-          against ``1 - noise rate`` for cross-entropy on the given labels;
-        - ``anchor_valid_share``: share of anchors whose nearest hard feature
-          is at cosine >= lambda_conf (a valid representative, §3.3);
-          ``anchor_sim_q10/q50/q90``: quantiles of that nearest cosine;
-          ``real_pair_sim_q50``: median cosine of random pairs of real
-          training features, the level below which lambda_conf filters
-          nothing that chance would not already pass;
-        - ``hal_*``: where S_hal lies against its parents and g_rho
-          (:func:`hallnll.reporting.anchor_geometry`).
-        """
-        out: dict = {}
+        """What the labeled/unlabeled split and S_hal look like (metrics.jsonl keys,
+        :func:`hallnll.reporting.selection_diagnostics`)."""
         with self.timer.phase("diagnostics"):
-            unl = ~sel.labeled_mask
-            if self.true is not None:
-                pred_right = ez.logits.argmax(1) == self.true
-                if bool(unl.any()):
-                    out["unlabeled_pred_acc"] = float(pred_right[unl].float().mean())
-                # what the SSL epoch trains towards, sample by sample: the (corrected)
-                # label where labeled, the model's own prediction (the basis of its
-                # guess) where not; to beat cross-entropy this must beat the given labels
-                target_right = torch.where(sel.labeled_mask, sel.train_labels == self.true, pred_right)
-                out["target_acc"] = float(target_right.float().mean())
-            if hal is not None and sel.hard is not None and len(sel.hard.similarity):
-                sim = sel.hard.similarity.float()
-                q = torch.quantile(sim, torch.tensor([0.1, 0.5, 0.9], device=sim.device))
-                out.update(anchor_valid_share=float((sim >= self.cfg.lambda_conf).float().mean()),
-                           anchor_sim_q10=float(q[0]), anchor_sim_q50=float(q[1]), anchor_sim_q90=float(q[2]))
-                g = torch.Generator(self.device).manual_seed(self.cfg.seed)
-                n = len(ez.feats)
-                i = torch.randint(0, n, (4096,), device=self.device, generator=g)
-                j = torch.randint(0, n, (4096,), device=self.device, generator=g)
-                pair = torch.nn.functional.cosine_similarity(ez.feats[i].float(), ez.feats[j].float(), dim=1)
-                out["real_pair_sim_q50"] = float(pair.median())
-                easy_idx = sel.easy_mask.nonzero().squeeze(1)
-                out.update(reporting.anchor_geometry(
-                    hal.anchors, hal.labels, hal.parents, ez.feats[easy_idx], self.given[easy_idx],
-                    self.model.classifier, self.cfg.lambda_p, float(ez.feats.float().norm(dim=1).mean()),
-                    sel.hard.nearest, len(sel.hard_index)))
-        return out
+            return reporting.selection_diagnostics(ez.logits, ez.feats, sel, hal, self.true, self.given,
+                                                   self.model.classifier, self.cfg.lambda_conf, self.cfg.lambda_p,
+                                                   self.cfg.seed)
 
     def bn_diagnostics(self) -> dict:
         """Test accuracy with BatchNorm's batch statistics (``test_acc_batch_bn``):
@@ -396,6 +366,12 @@ class Run:
             acc = engine.accuracy_batch_stats(self.eval_model, self.test_x, self.y_test, self.cfg.eval_batch_size,
                                               self.bf16)
         return {"test_acc_batch_bn": float(acc)}
+
+    def running_bn_diagnostics(self) -> dict:
+        """Test accuracy with the running averages, before their re-estimation (``test_acc_running_bn``)."""
+        with self.timer.phase("diagnostics"):
+            return {"test_acc_running_bn": float(engine.accuracy(self.eval_model, self.test_x, self.y_test,
+                                                                 self.cfg.eval_batch_size, self.bf16))}
 
     # ------------------------------------------------------------ one epoch
     def select(self) -> tuple:
@@ -428,21 +404,15 @@ class Run:
     def _epoch(self) -> dict:
         cfg, t = self.cfg, self.epochs_done
         self.timer.reset()
-        lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
-        for net in self.nets:
-            engine.set_lr(net.opt, lr)
-            engine.set_lr(net.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
-        # the metrics row: every key of metrics.jsonl is set here
-        row: dict = {"epoch": t + 1, "lr": lr}
+        lr = self.set_lr()
+        row: dict = {"epoch": t + 1, "lr": lr}  # the metrics row (hallnll.reporting builds its parts)
         with self.drawn():
-            self._train_epoch(row)
+            row.update(self._train_epoch())  # Alg. 1 lines 2-3, or 5-23
         if cfg.epoch_batches:
             row["n_drawn"] = len(self.draw)
         has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
         if cfg.diagnostics and cfg.bn_recal_images and has_test:
-            with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
-                row["test_acc_running_bn"] = float(engine.accuracy(self.eval_model, self.test_x, self.y_test,
-                                                                   cfg.eval_batch_size, self.bf16))
+            row.update(self.running_bn_diagnostics())
         with self.drawn(1):  # re-estimated on the epoch's draw (the same images: seeded by the epoch)
             for k in range(len(self.nets)):
                 with cotrain.acting(self, k):
@@ -452,37 +422,46 @@ class Run:
         row["test_acc"] = float(self.evaluate()) if has_test else None
         if cfg.diagnostics and has_test:
             row.update(self.bn_diagnostics())
-        row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
+        row["seconds"] = reporting.phase_seconds(self.timer.seconds)
         self.history.append(row)
         self.epochs_done = t + 1
         return row
 
-    def _train_epoch(self, row: dict) -> None:
-        """The training part of the epoch (warm-up, or selection and SSL) on :meth:`drawn`'s set."""
+    def set_lr(self) -> float:
+        """The paper's step schedule at this epoch, for every network and its h_phi; the model's rate."""
+        cfg, t = self.cfg, self.epochs_done
+        lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
+        for net in self.nets:
+            engine.set_lr(net.opt, lr)
+            engine.set_lr(net.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
+        return lr
+
+    def _train_epoch(self) -> dict:
+        """The training part of the epoch on :meth:`drawn`'s set: a warm-up epoch, or the
+        selection and the SSL epoch; their part of the metrics row."""
         cfg = self.cfg
         if len(self.nets) > 1:
-            return cotrain.train_epoch(self, row)
+            return cotrain.train_epoch(self)
         if self.in_warmup:
-            row["phase"] = "ce" if cfg.variant == "ce" else "warmup"
-            row["train_loss"] = float(self.warmup_epoch())
+            row = {"phase": "ce" if cfg.variant == "ce" else "warmup", "train_loss": float(self.warmup_epoch())}
             self._check_finite(row["train_loss"], row["phase"])
-        else:
-            row["phase"] = "ssl"
-            ez, sel, hal = self.select()
-            losses = self.ssl_epoch(sel)
-            row.update({k: float(v) for k, v in losses.items()})
-            row["train_loss"] = row.pop("loss")
-            if hal is not None:
-                row.update(hal_loss=float(hal.loss), hal_closeness=float(hal.closeness), hal_ce=float(hal.ce))
-                self._check_finite(row["hal_loss"], "hallucination")
-            self._check_finite(row["train_loss"], "ssl")
-            row.update(reporting.selection_metrics(self.true, self.given, sel.labeled_mask, sel.easy_mask,
-                                                   sel.clean_hard_mask, sel.train_labels))
-            if cfg.diagnostics:
-                row.update(self.selection_diagnostics(ez, sel, hal))
-            # the label report covers the whole training set: a drawn epoch's selection does not
-            self.last = sel.state() if not cfg.epoch_batches else {}
-            self.last_anchors = anchor_set(hal, sel) if hal is not None else None
+            return row
+        ez, sel, hal = self.select()  # lines 5-19
+        losses = self.ssl_epoch(sel)  # lines 20-23
+        row = {"phase": "ssl", **reporting.ssl_row(losses, hal, sel, self.true, self.given)}
+        if hal is not None:
+            self._check_finite(row["hal_loss"], "hallucination")
+        self._check_finite(row["train_loss"], "ssl")
+        if cfg.diagnostics:
+            row.update(self.selection_diagnostics(ez, sel, hal))
+        self.keep(sel, hal)
+        return row
+
+    def keep(self, sel: Selection, hal: Optional[HallucinationResult]) -> None:
+        """The last selection (the label report covers the whole training set: a drawn
+        epoch's selection does not) and S_hal of the last epoch."""
+        self.last = sel.state() if not self.cfg.epoch_batches else {}
+        self.last_anchors = anchor_set(hal, sel) if hal is not None else None
 
     def _check_finite(self, value: float, phase: str) -> None:
         if not math.isfinite(value):
@@ -505,7 +484,9 @@ class Run:
     def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
         """Continue from :meth:`state_dict`; refuses a state made with other noisy labels."""
         if not torch.equal(state["noisy"].cpu(), self.given.cpu()):
-            raise TrainingError(f"{source} was made with other noisy labels; use another --out or delete it")
+            raise OtherLabelsError(f"{source} was made with other labels than these (other noisy labels: the data "
+                                   f"or its CSV changed); use another --out, or --no-resume (resume=False) to start "
+                                   f"over in this folder")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.hal.load_state_dict(state["hal"])

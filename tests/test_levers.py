@@ -338,7 +338,7 @@ def test_compiled_mixmatch_step_gets_the_eager_numbers():
         opt = engine.make_optimizer(m.parameters(), 0.02, 0.9, 5e-4)
         lab, unl = torch.arange(0, 1347, 2), torch.arange(1, 1347, 2)
         r = ssl.ssl_epoch(m, opt, images, lab, data.y_train[lab], torch.full((len(lab),), 0.7), unl, 10,
-                          d.replace(warmup_epochs=0), 3, torch.Generator().manual_seed(1), np.random.default_rng(2),
+                          ssl.MixMatchSettings.of(d.replace(warmup_epochs=0)), 3, torch.Generator().manual_seed(1), np.random.default_rng(2),
                           iters=4, loss_fn=loss_fn)
         out.append((r, [p.detach().clone() for p in m.parameters()]))
     for k in ("loss", "l_ce", "l_mse"):

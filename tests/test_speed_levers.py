@@ -179,7 +179,7 @@ def test_training_and_eval_loops_do_not_read_values_on_the_host(tiny, no_host_re
     cfg = load_config(None, ["dataset=digits", "crop_padding=1", "hflip=false", "warmup_epochs=0"])
     n = len(tx)
     lab, unl = torch.arange(0, n, 2), torch.arange(1, n, 2)
-    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, cfg, 3, g,
+    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, ssl.MixMatchSettings.of(cfg), 3, g,
                         np.random.default_rng(0), iters=3)
     assert all(v.dim() == 0 for v in out.values())
 
@@ -245,7 +245,7 @@ def test_bf16_training_reaches_fp32_accuracy(tiny, fp32_trained, cpu_bf16):
     cfg = load_config(None, ["dataset=digits", "crop_padding=1", "hflip=false", "warmup_epochs=0", "bf16=true"])
     n = len(tx)
     lab, unl = torch.arange(0, n, 2), torch.arange(1, n, 2)
-    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, cfg, 5, g,
+    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, ssl.MixMatchSettings.of(cfg), 5, g,
                         np.random.default_rng(0), iters=3)
     assert all(math.isfinite(float(v)) for v in out.values())
 

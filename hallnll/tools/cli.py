@@ -118,63 +118,34 @@ def slurm_options(args):
                         wait=not args.no_wait, folder=Path(args.slurm_logs) if args.slurm_logs else None)
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 units (where ``cpu_bf16`` was measured faster)."""
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def folder_config(train_csv, test_csv=None, params=None, overrides=()):
-    """The config of ``hallnll fit-folder``: ``params`` (default: the shipped
-    ``folder`` profile where the device is a GPU, ``folder-cpu`` on a CPU) with
-    the CSVs, the name of the CSV's folder, an image size no larger than the
-    images' own (median side of the first 256, a multiple of 4), a batch size
-    that gives each run at least 10 steps per epoch (halved down to 16) and,
-    on a CPU with AMX units, bf16 autocast (``cpu_bf16``), unless they are set."""
+    """The config of ``hallnll fit-folder``: :func:`hallnll.label_issues.issue_config` (the
+    profile, batch size, image size and cpu_bf16 choices :func:`hallnll.find_label_issues`
+    makes too) with the CSVs, the name of the CSV's folder (unless set) and the images' own
+    side (median of the first 256's shorter sides)."""
     import statistics
 
+    from PIL import Image
+
     from ..data.sources import _read_path_label_csv
-    from ..engine import resolve_device
+    from ..label_issues import issue_config
 
     sets = [f"folder_train_csv={train_csv}"] + ([f"folder_test_csv={test_csv}"] if test_csv else []) + list(overrides)
     given = {s.split("=", 1)[0].strip() for s in overrides}
-    if params is None:
-        params = "folder" if resolve_device(load_config("folder", sets).device).type == "cuda" else "folder-cpu"
-    cfg = load_config(params, sets)
-    changes = {}
-    if "name" not in given:
-        changes["name"] = Path(train_csv).resolve().parent.name or "folder"
-    if "cpu_bf16" not in given and resolve_device(cfg.device).type == "cpu" and cpu_has_amx():
-        changes["cpu_bf16"] = True  # bf16 autocast on AMX units: 2.3x (config.py, cpu_bf16)
+    name = {} if "name" in given else {"name": Path(train_csv).resolve().parent.name or "folder"}
+    issue_config(sets, 0, None, params, **name)  # the settings are checked before the data is read
     rows = _read_path_label_csv(Path(train_csv))
     if test_csv:
         _read_path_label_csv(Path(test_csv))  # read now: a bad test CSV is said before the header line
-    if "batch_size" not in given:
-        # a small set still gets at least 10 optimiser steps per epoch in each run
-        per_run = len(rows) * (cfg.label_folds - 1) // cfg.label_folds if cfg.label_folds else len(rows)
-        bs = cfg.batch_size
-        while bs > 16 and per_run < 10 * bs:
-            bs //= 2
-        if bs != cfg.batch_size:
-            changes["batch_size"] = bs
-    if "image_size" not in given:
-        from PIL import Image
-
-        sides = []
-        for path, _, _ in rows[:256]:
-            try:
-                with Image.open(Path(train_csv).parent / path) as im:
-                    sides.append(min(im.size))
-            except (OSError, ValueError):
-                pass  # load_folder names the unreadable file
-        native = int(statistics.median(sides)) // 4 * 4 if sides else cfg.image_size
-        if 4 <= native < cfg.image_size:
-            changes["image_size"] = native
-            if "crop_padding" not in given:
-                changes["crop_padding"] = max(1, native // 8)
-    return cfg.replace(**changes) if changes else cfg
+    sides = []
+    for path, _, _ in rows[:256]:
+        try:
+            with Image.open(Path(train_csv).parent / path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError):
+            pass  # load_folder names the unreadable file
+    native = int(statistics.median(sides)) if sides else None
+    return issue_config(sets, len(rows), native, params, **name)
 
 
 def cmd_fit_folder(args) -> int:
