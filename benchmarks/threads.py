@@ -1,5 +1,5 @@
 """Seconds per training step with 1, 2, ... torch CPU threads: the measurement
-behind the default of ``threads`` (``hallnll/config.py``).
+behind the default of ``threads`` (docs/choices.md#threads).
 
     python benchmarks/threads.py [--threads 1 2] [--steps 30] [--rounds 3]
 

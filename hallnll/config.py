@@ -1,17 +1,22 @@
-"""All settings of a run in one place: Table 6 of the paper as a dataclass.
+"""All settings of a run in one place: Table 6 of the paper as a frozen dataclass.
 
 Every field of :class:`Config` is either a column of Table 6 (epochs,
 warm-up, learning rate, momentum, weight decay, batch size, lambda_p, K, P,
-lambda_conf, lambda_mse) or a detail the paper leaves open, with the choice
-we made and why written beside it. A run is described by a YAML file in
-``params/`` (shipped with the package: ``load_config("cifar10-cbased-40")``
-works anywhere) plus optional ``--set key=value`` overrides::
+lambda_conf, lambda_mse), a detail the paper leaves open (its choice and the
+reason, with the measurement, in docs/choices.md, cited beside the field), or
+a speed lever (the ``speed`` group, :data:`SPEED`, :mod:`hallnll.levers`).
+Each field declares its allowed values (:func:`setting`). A run is described
+by a YAML file in ``params/`` (shipped with the package:
+``load_config("cifar10-cbased-40")`` works anywhere) plus optional ``--set
+key=value`` overrides (``--set speed.compile=true`` or ``--set compile=true``)::
 
     cfg = load_config("params/cifar10-cbased-40.yaml", overrides=["epochs=20", "lr_decay_epoch=12"])
+    cfg = cfg.replace(seed=1)  # a Config is frozen: a changed one is a new one, checked again
 
-Input is checked here, at the boundary: unknown keys (with a suggestion),
-wrong types and out-of-range values raise :class:`ConfigError` before any
-data is read or any file written.
+Input is checked here, at the boundary, in one place (:meth:`Config.validate`,
+run whenever a Config is made): unknown keys (with a suggestion), wrong types
+and out-of-range values raise :class:`ConfigError` before any data is read
+or any file written.
 """
 from __future__ import annotations
 

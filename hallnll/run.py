@@ -302,7 +302,7 @@ class Run:
     def recalibrate_bn(self) -> None:
         """After a training epoch: re-estimate the BatchNorm statistics on
         ``cfg.bn_recal_images`` augmented, un-mixed training images under the
-        final weights of the epoch (see ``Config.bn_recal_images`` for why).
+        final weights of the epoch (why: docs/choices.md#bn-recal).
 
         Draws from a generator of its own, seeded by (seed, epoch), so the
         training stream of batches and augmentations is the same with or

@@ -117,7 +117,7 @@ def fit_loss_gmm(losses: torch.Tensor, max_iter: int = 10, seed: int = 0, backen
     ``backend="torch"`` runs :func:`hallnll.gmm_torch.fit_gmm` on the device of the
     losses; ``"sklearn"`` runs scikit-learn's GaussianMixture on the host
     (one transfer of N floats per epoch). Both give the same omega (see
-    ``Config.gmm_backend`` for the measurements).
+    docs/choices.md#gmm-backend for the measurements).
     """
     if backend not in GMM_BACKENDS:
         raise ValueError(f"gmm backend {backend!r}: use one of {', '.join(GMM_BACKENDS)}")
