@@ -26,8 +26,10 @@ method              Alg. 1 / paper                    returns
 :meth:`Run.select` (lines 5-19) and :meth:`Run.epoch` compose them for the
 current epoch and ``cfg.variant`` (``ce``: cross-entropy throughout;
 ``gmm``/``easy``: no hallucination, no hard samples; ``hallnll``: the full
-method); :meth:`Run.epoch` builds the epoch's metrics row, in one place. :meth:`Run.state_dict` / :meth:`Run.load_state_dict` hold all that
-is needed to continue a run bit for bit; :func:`hallnll.train.fit` is a loop
+method); :meth:`Run.epoch` assembles the epoch's metrics row from the parts
+:mod:`hallnll.reporting` builds. The speed levers (:mod:`hallnll.levers`)
+wrap these steps without changing them. :meth:`Run.state_dict` /
+:meth:`Run.load_state_dict` hold all that is needed to continue a run bit for bit; :func:`hallnll.train.fit` is a loop
 over :meth:`Run.epoch` with checkpoints and outputs, and ``hallnll bench``,
 the figures and the notebooks call the same steps.
 """
@@ -402,12 +404,21 @@ class Run:
             return self._epoch()
 
     def _epoch(self) -> dict:
-        cfg, t = self.cfg, self.epochs_done
+        t = self.epochs_done
         self.timer.reset()
-        lr = self.set_lr()
-        row: dict = {"epoch": t + 1, "lr": lr}  # the metrics row (hallnll.reporting builds its parts)
+        row: dict = {"epoch": t + 1, "lr": self.set_lr()}  # the metrics row (its parts: hallnll.reporting)
         with self.drawn():
-            row.update(self._train_epoch())  # Alg. 1 lines 2-3, or 5-23
+            row.update(self._train_epoch())  # Alg. 1 lines 2-3 (warm-up), or 5-23 (selection, SSL)
+        row.update(self._after_training())  # BatchNorm re-estimated, then the accuracies
+        row["seconds"] = reporting.phase_seconds(self.timer.seconds)
+        self.history.append(row)
+        self.epochs_done = t + 1
+        return row
+
+    def _after_training(self) -> dict:
+        """After the epoch's training: BatchNorm re-estimated (every network, on the epoch's
+        draw), validation and test accuracy, and the BatchNorm diagnostics around them."""
+        cfg, row = self.cfg, {}
         if cfg.epoch_batches:
             row["n_drawn"] = len(self.draw)
         has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
@@ -422,9 +433,6 @@ class Run:
         row["test_acc"] = float(self.evaluate()) if has_test else None
         if cfg.diagnostics and has_test:
             row.update(self.bn_diagnostics())
-        row["seconds"] = reporting.phase_seconds(self.timer.seconds)
-        self.history.append(row)
-        self.epochs_done = t + 1
         return row
 
     def set_lr(self) -> float:
