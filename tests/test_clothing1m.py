@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hallnll import cli
+from hallnll.tools import cli
 from hallnll.config import ConfigError, load_config
 from hallnll.data import DataError
 from hallnll.data.clothing1m import load_clothing1m, write_synthetic_tree

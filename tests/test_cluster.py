@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hallnll import cli, jobs
+from hallnll.tools import cli, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = str(ROOT / "params" / "digits-quick.yaml")
@@ -134,7 +134,7 @@ def test_reproduce_table5_on_slurm_gives_the_process_table(slurm, tmp_path, caps
     import csv
     from argparse import Namespace
 
-    from hallnll import reproduce
+    from hallnll.tools import reproduce
 
     pytest.importorskip("papermill")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from hallnll import fidelity, load_config
+from hallnll import load_config
+from hallnll.tools import fidelity
 from hallnll.data import DeviceImages
 from hallnll.engine import accuracy, accuracy_batch_stats, recalibrate_bn
 from hallnll.models import build_model
@@ -183,7 +184,7 @@ def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
     (ref / "clean-1.json").write_text(json.dumps({"args": {"labels": "clean", "nets": 1, "epochs": 2}, "rows": rows}))
     argv = ["fidelity", "--params", "digits-quick", "--out", str(tmp_path), "--variants", "ce,gmm", "--report-only",
             "--reference", str(ref)] + [a for kv in sets for a in ("--set", kv)]
-    from hallnll.cli import main as cli_main
+    from hallnll.tools.cli import main as cli_main
 
     assert cli_main(argv) == 0
     saved = json.loads((tmp_path / "fidelity.json").read_text())

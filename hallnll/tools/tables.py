@@ -1,14 +1,14 @@
 """The paper's tables as data: for every reproducible table, one :class:`Cell`
 per number of its "Ours" row, with the params file and overrides that make the
 cell and the paper's mean and std (over three runs). ``hallnll reproduce``
-(:mod:`hallnll.reproduce`) runs them; notebooks 07, 08 and 10 show them.
+(:mod:`hallnll.tools.reproduce`) runs them; notebooks 07, 08 and 10 show them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .config import ConfigError
+from ..config import ConfigError
 
 
 class ReproduceError(ConfigError):

@@ -10,7 +10,7 @@ several), the same data and initialisation for every cell:
     clean      ce  gmm  easy  hallnll        (noise=none)
     noisy      ce  gmm  easy  hallnll        (the params file's noise, e.g. dependent0.4.csv)
 
-Each cell is an ordinary :class:`hallnll.jobs.Job` (one run of
+Each cell is an ordinary :class:`hallnll.tools.jobs.Job` (one run of
 :func:`hallnll.train.fit`, in ``OUT/<labels>/<variant>/seed<k>``, skipped
 when finished with the same settings), so the grid runs in parallel
 processes and resumes. The report prints per-epoch test accuracy of every
@@ -43,10 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import ConfigError, load_config
-from .config import VARIANTS as _ALL_VARIANTS
+from ..config import ConfigError, load_config
+from ..config import VARIANTS as _ALL_VARIANTS
 from .jobs import Job, run_jobs
-from .reporting import atomic_write_text, read_metrics
+from ..reporting import atomic_write_text, read_metrics
+from .text import table
 
 #: the grid's variants: Table 5's rows (config.VARIANTS without dividemix, the baseline of its own)
 VARIANTS = tuple(v for v in _ALL_VARIANTS if v != "dividemix")
@@ -247,14 +248,6 @@ def _pct(x, std=None) -> str:
     return f"{100 * x:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
-def _table(rows, headers) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: Optional[dict] = None,
                   ref_tol: float = 0.02) -> tuple:
     """The report as markdown text and as a JSON-able dict (``reference``: :func:`read_reference`)."""
@@ -271,7 +264,7 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: 
             row.append(_pct(_mean([h[e]["test_acc"] for h in cells[k].seeds if len(h) > e])))
         rows.append(row)
     parts.append("Test accuracy (%) per epoch (eval mode; mean over seeds):\n\n"
-                 + _table(rows, ["epoch", "phase"] + [f"{lab}/{v}" for lab, v in keys]))
+                 + table(rows, ["epoch", "phase"] + [f"{lab}/{v}" for lab, v in keys], fmt="markdown"))
     rows = []
     for k in keys:
         s = summaries[k]
@@ -283,14 +276,14 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: 
         row.append(f"{s['seconds']:.0f}" if s["seconds"] else "-")
         rows.append(row)
     parts.append("Best and last test accuracy (%), and the last epoch's selection:\n\n"
-                 + _table(rows, ["labels", "variant", "seeds", "epochs", "best %", "last %"]
-                          + [c for c, _ in SELECTION_KEYS.values()] + ["seconds"]))
+                 + table(rows, ["labels", "variant", "seeds", "epochs", "best %", "last %"]
+                          + [c for c, _ in SELECTION_KEYS.values()] + ["seconds"], fmt="markdown"))
     rows = [[k[0], k[1]] + ["-" if summaries[k][key] is None else f"{summaries[k][key]:.{0 if key.endswith('distinct') else 3}f}"
                             for key in ANCHOR_KEYS]
             for k in keys if summaries[k]["hal_cos_u"] is not None]
     if rows:
         parts.append("The last epoch's anchors S_hal against their parents (§3.2, means over anchors and seeds):\n\n"
-                     + _table(rows, ["labels", "variant"] + list(ANCHOR_KEYS.values())))
+                     + table(rows, ["labels", "variant"] + list(ANCHOR_KEYS.values()), fmt="markdown"))
     res = checks(summaries, tol)
     parts.append("Checks (the paper's expectations):\n\n" + _checklist(res))
     ref_res = []
@@ -298,7 +291,7 @@ def format_report(cells: dict, header: str = "", tol: float = 0.005, reference: 
         rows = [[lab, REFERENCE_LOOPS[n], f"{r['epochs']}/{r['planned']}", _pct(max(r["per_epoch"])),
                  _pct(r["per_epoch"][-1]), r["file"]] for (lab, n), r in sorted(reference.items())]
         parts.append("DivideMix's own training loop on the same data (benchmarks/dividemix_reference.py):\n\n"
-                     + _table(rows, ["labels", "loop", "epochs", "best %", "last %", "file"]))
+                     + table(rows, ["labels", "loop", "epochs", "best %", "last %", "file"], fmt="markdown"))
         ref_res = reference_checks(summaries, reference, ref_tol)
         parts.append("Checks against DivideMix's own loop (an implementation fault, at any scale):\n\n"
                      + _checklist(ref_res))
@@ -358,7 +351,7 @@ def run(params, overrides=(), out="runs/fidelity", seeds: int = 1, parallel: int
 
 
 def main(args) -> int:
-    from .lock import check_output
+    from ..lock import check_output
 
     check_output(args.out)  # first of all (each cell's run folder is locked by its fit)
     run(args.params, args.set, args.out, args.seeds, args.parallel, tuple(args.variants.split(",")),
