@@ -155,6 +155,11 @@ class Config:
     momentum: float = 0.9  # SGD Momentum
     weight_decay: float = 5e-4  # Weight decay
     batch_size: int = 128  # Batch size
+    # The warm-up's batch (0: batch_size). DivideMix's warm-up loader takes twice
+    # its MixMatch batch (Train_cifar.py: batch_size*2, 128 for 64); the paper
+    # gives one batch size, so one is the default, and variant=dividemix runs
+    # DivideMix's schedule with batch_size=64 warmup_batch_size=128.
+    warmup_batch_size: int = 0
     lambda_p: float = 0.6  # difficulty of a hallucinated anchor, Eq. 2
     k: int = 3  # K: at most K valid anchors vote for a corrected label (§3.3)
     p: float = 0.4  # P%: share of the training set selected as easy (Eq. 1)
@@ -363,7 +368,7 @@ class Config:
             bad("crop_padding", "must be -1 (an eighth of the image side) or a padding in pixels >= 0")
         if self.image_size < 4:
             bad("image_size", "must be at least 4 (pixels)")
-        for key in ("train_subset", "test_subset", "width", "bn_recal_images"):
+        for key in ("train_subset", "test_subset", "width", "bn_recal_images", "warmup_batch_size"):
             if getattr(self, key) < 0:
                 bad(key, "must not be negative (0 means: all / the default)")
         if self.width and self.arch == "resnet50":
