@@ -312,6 +312,12 @@ class Config:
     # image_size (224) crop and a flip for training, the centre crop to evaluate.
     resize_size: int = 256
     loader_workers: int = 4  # DataLoader workers of the streamed path (0: decode in the training process)
+    # Where the streamed JPEGs are decoded: workers (libjpeg-turbo in the DataLoader
+    # workers), device (the workers read the bytes, torchvision.io.decode_jpeg decodes
+    # each batch on the run's device: nvJPEG on CUDA), auto = device on CUDA only,
+    # because there ~16 CPU workers decode fewer images/s than a ResNet-50 trains on
+    # (reason and figures: hallnll.data.stream).
+    jpeg_decode: str = "auto"
     # A folder whose decoded uint8 training set (N x 3 x image_size^2 bytes) would
     # exceed this many GiB is streamed instead of held on the device: 8 GiB is
     # 55x CIFAR-10's 150 MB, fits beside a ResNet-50 on a 24 GB GPU, and is
@@ -429,6 +435,8 @@ class Config:
                                f"(DivideMix: 256 and 224)")
         if self.dataset == "folder" and not self.folder_train_csv:
             bad("folder_train_csv", "is empty: dataset=folder needs a CSV with columns path,label")
+        if self.jpeg_decode not in ("auto", "workers", "device"):
+            bad("jpeg_decode", "use auto (the device's decoder on CUDA), workers (CPU) or device")
         if self.gmm_backend not in ("torch", "sklearn"):
             bad("gmm_backend", "use torch (on the device) or sklearn (scikit-learn on the host)")
         if self.sgd_impl not in ("default", "foreach", "fused"):
