@@ -244,3 +244,25 @@ def test_two_co_trained_networks_run_and_write_their_outputs(tree, tmp_path, var
 def test_dividemix_needs_two_networks(capsys, tmp_path):
     rc = cli.main(["train", "digits-quick", "--set", "variant=dividemix", "--out", str(tmp_path / "r")])
     assert rc == 2 and "set nets=2" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_streamed_clothing1m_runs_under_torchrun_with_two_ranks(tree, tmp_path):
+    # torchrun --standalone --nproc_per_node 2 (gloo): each rank's workers decode its part of every
+    # global batch and its shard of every global step; rank 0 writes (the checks: tests/ddp_stream_check.py)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "tests" / "ddp_stream_check.py"), str(tree[0]), str(out)]
+    p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "ddp_stream_check: shards 140+140 of 280" in p.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["best_val_epoch"] in (1, 2) and "test_acc_at_best_val" in summary
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["warmup", "ssl"] and (out / "labels.csv").is_file()
