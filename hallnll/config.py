@@ -315,8 +315,8 @@ class Config:
     # Where the streamed JPEGs are decoded: workers (libjpeg-turbo in the DataLoader
     # workers), device (the workers read the bytes, torchvision.io.decode_jpeg decodes
     # each batch on the run's device: nvJPEG on CUDA), auto = device on CUDA only,
-    # because there ~16 CPU workers decode fewer images/s than a ResNet-50 trains on
-    # (reason and figures: hallnll.data.stream).
+    # because there the CPU workers' decoding can bound the epoch (reason and
+    # figures: hallnll.data.stream).
     jpeg_decode: str = "auto"
     # A folder whose decoded uint8 training set (N x 3 x image_size^2 bytes) would
     # exceed this many GiB is streamed instead of held on the device: 8 GiB is

@@ -39,11 +39,14 @@ Where the JPEGs are decoded (``Config.jpeg_decode``, :func:`jpeg_decoder`):
   decoded in one call of ``torchvision.io.decode_jpeg(..., device=run's
   device)`` (nvJPEG on CUDA) and transformed there by the same function,
   with the same per-request crop/flip draws (files that are not JPEG are
-  decoded on the CPU and moved). Why: a ResNet-50 step on an H100/H200 takes
-  less time than ~16 CPU workers need to decode its 32-64 Clothing1M JPEGs
-  (~440x490 px; ~40-65 images/s per worker on the development CPU,
-  benchmarks/README.md), so the CPU decode, not the GPU, would bound the
-  epoch; reading bytes costs the workers almost nothing.
+  decoded on the CPU and moved). Why: a CPU worker decodes and transforms
+  40-300 Clothing1M-sized JPEGs (~440x490 px) a second (the development CPU,
+  by its load; benchmarks/README.md), so a machine's 8-16 workers can fall
+  below the rate at which an H100/H200 trains two ResNet-50s, and the CPU,
+  not the GPU, would bound the epoch; reading bytes costs the workers almost
+  nothing. Which decoder is faster on a given GPU machine is what
+  ``benchmarks/clothing1m_loader.py throughput --device cuda --decoder
+  workers|device`` measures (owed: no GPU was lent).
 - ``auto`` (default): ``device`` on CUDA, ``workers`` elsewhere (a CPU has no
   faster decoder than its workers).
 
