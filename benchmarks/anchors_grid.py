@@ -42,7 +42,7 @@ def run_grid(args) -> None:
     from hallnll.train import fit
 
     for labels in args.labels.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             base = settings(args, labels, seed)
             warm = Path(args.out) / f"{labels}-s{seed}" / "warmup"
             ep = load_config(args.params, base).warmup_epochs
@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-file", required=True)
     ap.add_argument("--labels", default="clean,noisy")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..SEEDS-1 only (the report: all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default="runs/anchors-grid")
     ap.add_argument("--report-only", action="store_true")

@@ -32,6 +32,7 @@ import yaml
 from .resources import names, params_path
 
 from .data.cifar_n import CIFAR_N_KEYS
+from .data.stream import JPEG_DECODERS
 from .hallucination import HAL_NORMS
 from .levers import COMPILE_MODES, SGD_IMPLS
 from .selection import GMM_BACKENDS
@@ -149,6 +150,7 @@ class Config:
     momentum: float = setting(0.9, low=0.0, high=1.0, high_open=True)  # SGD Momentum
     weight_decay: float = setting(5e-4, low=0.0)  # Weight decay
     batch_size: int = setting(128, low=1)  # Batch size
+    warmup_batch_size: int = setting(0, low=0, hint="must not be negative (0: batch_size)")  # the warm-up's batch; docs/choices.md#warmup_batch_size
     lambda_p: float = setting(0.6, low=0.5, high=1.0, hint="must lie in [0.5, 1] (§3.2)")  # difficulty of a hallucinated anchor, Eq. 2
     k: int = setting(3, low=1)  # K: at most K valid anchors vote for a corrected label (§3.3)
     p: float = setting(0.4, low=0.0, high=1.0, low_open=True, hint="must lie in (0, 1]: the share of each class kept as easy (Eq. 1), e.g. p=0.4")  # P%, Eq. 1
@@ -190,6 +192,7 @@ class Config:
     # ---- streamed data and Clothing1M (hallnll.data.stream, hallnll.data.clothing1m) ----
     resize_size: int = setting(256, low=0)  # dataset=clothing1m: shorter side resized to this, then an image_size crop
     loader_workers: int = setting(4, low=0)  # DataLoader workers of the streamed path (0: in the training process)
+    jpeg_decode: str = setting("auto", choices=JPEG_DECODERS, hint="use auto (the device's decoder on CUDA), workers (CPU) or device")  # docs/choices.md#jpeg_decode
     stream_above_gb: float = setting(8.0, low=0.0)  # a folder larger than this (decoded uint8 GiB) is streamed; docs/choices.md#streaming
     epoch_batches: int = setting(0, low=0)  # per epoch a class-balanced draw of this many batches (0: all); docs/choices.md#epoch-batches
 

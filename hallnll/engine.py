@@ -119,8 +119,9 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
     perm = torch.randperm(n, device=images.device, generator=generator)
     total = torch.zeros((), device=images.device)
     steps = max(1, n // batch_size) if n >= batch_size else 1
-    if images.streamed:  # decoded ahead by the workers
-        images.plan([perm[i * batch_size:(i + 1) * batch_size] for i in range(steps)])
+    if images.streamed:  # decoded ahead by the workers (under DDP: this rank's part of each batch)
+        bs = [perm[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+        images.plan([b[part(len(b))] for b in bs] if part is not None else bs)
     for i in range(steps):
         idx = perm[i * batch_size:(i + 1) * batch_size]
         draws = augment_draws(len(idx), padding, hflip, generator, images.device)

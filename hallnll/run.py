@@ -223,7 +223,8 @@ class Run:
         cfg = self.cfg
         penalty = 0.0 if cfg.variant == "ce" else cfg.warmup_entropy_penalty
         with self.timer.phase("warmup"):
-            return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
+            return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt,
+                                   cfg.warmup_batch_size or cfg.batch_size, self.gen,
                                    cfg.crop_padding, cfg.hflip, self.bf16, loss_fn=self.ce_loss,
                                    entropy_penalty=penalty, part=self.part)
 

@@ -187,11 +187,12 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
     tot = torch.zeros(3, device=dev)
     model.train()
     if images.streamed:  # the workers decode each step's labeled and unlabeled batch ahead, two views each
+        mine = (lambda b: b[part(len(b))]) if part is not None else (lambda b: b)  # noqa: E731  DDP: this rank's part
         plan = []
         for it in range(iters):
-            plan.append(lab_idx[pl[it * bs:(it + 1) * bs]])
+            plan.append(mine(lab_idx[pl[it * bs:(it + 1) * bs]]))
             if pu is not None:
-                plan.append(unl_idx[pu[it * bs:(it + 1) * bs]])
+                plan.append(mine(unl_idx[pu[it * bs:(it + 1) * bs]]))
         images.plan(plan, train=True, views=2)
     if peer is not None:
         peer.eval()

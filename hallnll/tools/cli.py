@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="runs/fidelity")
     f.add_argument("--seeds", type=int, default=1)
     f.add_argument("--parallel", type=int, default=2, help="cells run at once (default 2: one per core here)")
-    f.add_argument("--variants", default="ce,gmm,easy,hallnll")
+    f.add_argument("--variants", default="ce,gmm,easy,hallnll", help="add dividemix for DivideMix itself (two networks)")
     f.add_argument("--labels", default="clean,noisy")
     f.add_argument("--tol", type=float, default=0.005, help="clean labels: how far below ce an SSL variant may end")
     f.add_argument("--data-note", default="", help='how the report names the data, e.g. "CIFAR-10 (JPEG q75 copy)"')
@@ -348,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report-only", action="store_true", help="run nothing; report what the cells have written so far")
     f.add_argument("--reference", default=None, metavar="DIR",
                    help="a folder of benchmarks/dividemix_reference.py JSON tables for the same data and schedule: "
-                        "adds DivideMix's own loops and the checks of ce and gmm against them")
+                        "adds DivideMix's own loops and the checks of ce and gmm against them (and of dividemix: "
+                        "agreement with --nets 2)")
     f.add_argument("--ref-tol", type=float, default=0.02,
                    help="how far below DivideMix's own loop ce and gmm may end (default 0.02: 2 points)")
     f.set_defaults(fn=cmd_fidelity)

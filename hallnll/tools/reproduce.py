@@ -177,7 +177,7 @@ def list_tables(names: Sequence[str] | None = None, scale: str = "quick", extra:
             lines.append(f"  note: {t.note}")
         for cell in t.cells:
             paper = f"{cell.paper_mean:.2f} ± {cell.paper_std:.2f}" if cell.paper_mean is not None else "-"
-            lines.append(f"  {cell.key:<13} {cell.label:<34} paper {paper}")
+            lines.append(f"  {cell.key:<13} {cell.name:<34} paper {paper}")
             ov = " ".join(f"--set {o}" for o in cell.overrides)
             lines.append(f"      paper scale: {cell.params}{(' ' + ov) if ov else ''}")
             try:
@@ -242,7 +242,7 @@ def collect(plans: list, seeds: Sequence[int], failures: dict | None = None) -> 
         diff = m - p.cell.paper_mean if comparable else None
         errs = [failures[(str(p.run_root), s)] for s in failed if (str(p.run_root), s) in failures]
         rows.append({
-            "table": p.table, "cell": p.cell.key, "label": p.cell.label, "scale": p.scale,
+            "table": p.table, "cell": p.cell.key, "label": p.cell.name, "method": p.cell.method, "scale": p.scale,
             "ours_mean": m, "ours_std": sd, "n_seeds": len(accs), "seeds": " ".join(map(str, used)),
             "paper_mean": p.cell.paper_mean, "paper_std": p.cell.paper_std, "diff": diff,
             "params": p.params, "overrides": " ".join(p.overrides), "runs": str(p.run_root) if p.run_root else "",
@@ -252,7 +252,7 @@ def collect(plans: list, seeds: Sequence[int], failures: dict | None = None) -> 
 
 
 CSV_COLUMNS = ("table", "cell", "label", "scale", "ours_mean", "ours_std", "n_seeds", "seeds", "paper_mean",
-               "paper_std", "diff", "params", "overrides", "runs", "note", "error")
+               "paper_std", "diff", "params", "overrides", "runs", "note", "error", "method")
 
 
 def _pm(m, s) -> str:
