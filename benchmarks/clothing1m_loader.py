@@ -1,6 +1,7 @@
 """The streamed image path of Clothing1M (hallnll.data.stream) measured on this machine.
 
     python benchmarks/clothing1m_loader.py throughput [--side 400] [--images 192] [--workers 1]
+        [--device cpu|cuda] [--decoder workers|device]
     python benchmarks/clothing1m_loader.py memory [--n 400] [--side 96] [--crop 96]
 
 ``throughput``: images/s of the DataLoader workers decoding synthetic JPEGs of
@@ -8,7 +9,10 @@ about ``side`` px (sides drawn in [side, 1.25 side], quality 90) with DivideMix'
 transforms: the training request of an SSL step (one decode, two random
 224 crops + flips: ``train x2``), of a warm-up step (one view: ``train x1``)
 and the evaluation transform (centre crop: ``eval``), per worker (the figure
-to multiply by the workers a GPU machine runs).
+to multiply by the workers a GPU machine runs). ``--decoder device`` times
+the other decoder of ``Config.jpeg_decode``: the workers read the bytes and
+``torchvision.io.decode_jpeg`` decodes each batch on ``--device`` (nvJPEG on
+CUDA), the transforms done there; its figure is the whole process's images/s.
 
 ``memory``: the peak resident memory (the training process and its workers,
 ``ru_maxrss``) of a short Clothing1M run (``epoch_batches`` fixed, so the work
@@ -44,20 +48,29 @@ def throughput(args) -> None:
     with tempfile.TemporaryDirectory() as d:
         write_synthetic_tree(d, n_train=args.images, n_val=14, n_test=14, side=args.side, seed=0)
         data = load_clothing1m(d)
-        s = StreamImages(data.x_train, data.mean, data.std, "cpu", workers=args.workers, seed=0)
+        dev = torch.device(args.device)
+        s = StreamImages(data.x_train, data.mean, data.std, dev, workers=args.workers, seed=0, decoder=args.decoder)
+
+        def sync():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
         rows = []
         for name, train, views in (("train x2", True, 2), ("train x1", True, 1), ("eval", False, 1)):
             reqs = [(np.arange(i, i + args.batch), views, train, i) for i in range(0, args.images, args.batch)]
             it = s._loader(reqs)
-            next(it)  # the workers started and the first batch done: not timed
+            s._decoded(reqs[0], next(it))  # the workers started and the first batch done: not timed
+            sync()
             t = time.perf_counter()
             n = sum(len(r[0]) for r in reqs[1:])
-            for _ in reqs[1:]:
-                next(it)
+            for r in reqs[1:]:
+                s._decoded(r, next(it))
+            sync()
             sec = time.perf_counter() - t
-            rows.append({"request": name, "images": n, "seconds": round(sec, 3),
+            rows.append({"request": name, "images": n, "seconds": round(sec, 3), "images_per_s": round(n / sec, 1),
                          "images_per_s_per_worker": round(n / sec / max(args.workers, 1), 1)})
-        print(json.dumps({"side": args.side, "workers": args.workers, "batch": args.batch, "rows": rows}, indent=1))
+        print(json.dumps({"side": args.side, "workers": args.workers, "batch": args.batch, "device": str(dev),
+                          "decoder": s.decoder, "rows": rows}, indent=1))
 
 
 def _one(args) -> None:
@@ -116,6 +129,8 @@ def main() -> None:
     t.add_argument("--images", type=int, default=192)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--workers", type=int, default=1)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--decoder", choices=["workers", "device"], default="workers")
     m = sub.add_parser("memory")
     m.add_argument("--n", type=int, default=400)
     m.add_argument("--side", type=int, default=100)

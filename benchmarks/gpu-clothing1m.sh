@@ -14,6 +14,8 @@
 # 2. epochs  hallnll train clothing1m, nets=2, pretrained= (random init: no weights needed),
 #            epochs=2 (1 warm-up, 1 SSL), loader_workers=14; metrics.jsonl has the seconds of
 #            every step (warmup, easiness, select_easy, hallucinate, select_hard, ssl, bn_recal, eval)
+#            The JPEGs are decoded on the GPU (jpeg_decode=auto: nvJPEG); JPEG_DECODE=workers
+#            benchmarks/gpu-clothing1m.sh OUTDIR times the CPU workers' decoding instead.
 # Files written to OUTDIR: env.txt, tree.log, train.log, metrics.jsonl, summary.json, seconds.json.
 set -uo pipefail
 DRY=0
@@ -46,7 +48,7 @@ echo "tree: rc=$?" | tee -a "$out/tree.log"
 
 args=()
 for s in data_root=$TREE pretrained= nets=2 epochs=2 warmup_epochs=1 lr_decay_epoch=0 progress=false \
-         checkpoint_every=0 threads=4 "${SETS[@]}"; do args+=(--set "$s"); done
+         checkpoint_every=0 threads=4 jpeg_decode=${JPEG_DECODE:-auto} "${SETS[@]}"; do args+=(--set "$s"); done
 timeout $LIM $PY -m hallnll train clothing1m "${args[@]}" --out "$out/run" > "$out/train.log" 2>&1
 echo "train: rc=$?" | tee -a "$out/train.log"
 cp "$out/run/metrics.jsonl" "$out/run/summary.json" "$out/" 2>/dev/null

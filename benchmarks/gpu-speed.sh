@@ -120,7 +120,7 @@ else
     echo "levers step skipped: ${LIM} s left" > "$OUT/levers.log"
 fi
 
-$PY -c 'import sys; from hallnll.bench import speed_summary; print(speed_summary(sys.argv[1]))' "$OUT" > "$OUT/summary.md" 2>&1
+$PY -c 'import sys; from hallnll.tools.bench_report import speed_summary; print(speed_summary(sys.argv[1]))' "$OUT" > "$OUT/summary.md" 2>&1
 cat "$OUT/summary.md"
 rm -rf "$WORK"
 echo "gpu-speed: $(( $(date +%s) - T0 )) s in all"

@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hallnll import label_issues as LI  # noqa: E402
-from hallnll.cli import folder_config  # noqa: E402
+from hallnll.tools.cli import folder_config  # noqa: E402
 from hallnll.data import CIFAR10_CLASSES, load_dataset  # noqa: E402
 from hallnll.train import cpu_threads, fit  # noqa: E402
 

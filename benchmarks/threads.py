@@ -1,5 +1,5 @@
 """Seconds per training step with 1, 2, ... torch CPU threads: the measurement
-behind the default of ``threads`` (``hallnll/config.py``).
+behind the default of ``threads`` (docs/choices.md#threads).
 
     python benchmarks/threads.py [--threads 1 2] [--steps 30] [--rounds 3]
 
@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hallnll import engine  # noqa: E402
-from hallnll.cli import cpu_has_amx  # noqa: E402
+from hallnll.tools.cli import cpu_has_amx  # noqa: E402
 from hallnll.data import DeviceImages  # noqa: E402
 from hallnll.models import build_model  # noqa: E402
 

@@ -14,7 +14,10 @@ One module per step of the paper: ``noise`` (§4.1), ``selection`` (§3.1 Eq. 1
 and §3.3), ``hallucination`` (§3.2 Eq. 2), ``ssl`` (§3.4 Eq. 3), ``run``
 (§3.5 Alg. 1: :class:`hallnll.run.Run`, one epoch as the paper's steps) and
 ``train`` (:func:`fit`, a loop over ``Run.epoch`` with its outputs);
-``config`` holds Table 6.
+``config`` holds Table 6 (frozen, each setting declared with its allowed
+values), ``levers`` the speed options that wrap the eager steps. What runs
+around the method (the command line, many runs, the paper's tables, the
+bench, the notebooks' helpers) is :mod:`hallnll.tools`.
 """
 from .config import Config, ConfigError, load_config
 from .data import ImageData, DataError, load_dataset

@@ -1,17 +1,22 @@
-"""All settings of a run in one place: Table 6 of the paper as a dataclass.
+"""All settings of a run in one place: Table 6 of the paper as a frozen dataclass.
 
 Every field of :class:`Config` is either a column of Table 6 (epochs,
 warm-up, learning rate, momentum, weight decay, batch size, lambda_p, K, P,
-lambda_conf, lambda_mse) or a detail the paper leaves open, with the choice
-we made and why written beside it. A run is described by a YAML file in
-``params/`` (shipped with the package: ``load_config("cifar10-cbased-40")``
-works anywhere) plus optional ``--set key=value`` overrides::
+lambda_conf, lambda_mse), a detail the paper leaves open (its choice and the
+reason, with the measurement, in docs/choices.md, cited beside the field), or
+a speed lever (the ``speed`` group, :data:`SPEED`, :mod:`hallnll.levers`).
+Each field declares its allowed values (:func:`setting`). A run is described
+by a YAML file in ``params/`` (shipped with the package:
+``load_config("cifar10-cbased-40")`` works anywhere) plus optional ``--set
+key=value`` overrides (``--set speed.compile=true`` or ``--set compile=true``)::
 
     cfg = load_config("params/cifar10-cbased-40.yaml", overrides=["epochs=20", "lr_decay_epoch=12"])
+    cfg = cfg.replace(seed=1)  # a Config is frozen: a changed one is a new one, checked again
 
-Input is checked here, at the boundary: unknown keys (with a suggestion),
-wrong types and out-of-range values raise :class:`ConfigError` before any
-data is read or any file written.
+Input is checked here, at the boundary, in one place (:meth:`Config.validate`,
+run whenever a Config is made): unknown keys (with a suggestion), wrong types
+and out-of-range values raise :class:`ConfigError` before any data is read
+or any file written.
 """
 from __future__ import annotations
 
@@ -26,10 +31,19 @@ import yaml
 
 from .resources import names, params_path
 
+from .data.cifar_n import CIFAR_N_KEYS
+from .data.stream import JPEG_DECODERS
+from .hallucination import HAL_NORMS
+from .levers import COMPILE_MODES, SGD_IMPLS
+from .selection import GMM_BACKENDS
+
+# the allowed values of the settings, each list written once (the modules that use them import them)
 VARIANTS = ("ce", "gmm", "easy", "hallnll", "dividemix")
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "arrays", "clothing1m")  # arrays: images in memory (find_label_issues)
 NOISE_KINDS = ("none", "symmetric", "asymmetric", "ptd", "classification", "cifar-n", "file")
 ARCHS = ("small_cnn", "preact_resnet18", "resnet34", "resnet50")
+EASY_SELECTIONS = ("balanced", "gmm")
+CIFAR_N_KINDS = tuple(CIFAR_N_KEYS)
 
 
 #: Settings that cannot change a run's results: a checkpoint made with other
@@ -61,341 +75,188 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range."""
 
 
-@dataclass
+def setting(default=None, *, choices=None, low=None, high=None, low_open=False, high_open=False, also=(),
+            hint=None, factory=None, group=None):
+    """A Config field with its allowed values beside it (checked by :meth:`Config.validate`):
+    ``choices`` (the only values), or a range ``low``..``high`` (``*_open``: the bound itself
+    excluded) with ``also`` extra values outside it (e.g. -1 for "derived"); ``hint`` replaces
+    the generic message; ``group="speed"`` marks a speed lever (:mod:`hallnll.levers`)."""
+    md = {k: v for k, v in (("choices", choices), ("low", low), ("high", high), ("hint", hint), ("group", group))
+          if v is not None}
+    md.update(low_open=low_open, high_open=high_open, also=tuple(also))
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+def _range_text(m: dict) -> str:
+    lo, hi = m.get("low"), m.get("high")
+    if hi is None:
+        if lo == 0 and not m["low_open"]:
+            return "must not be negative"
+        return "must be positive" if lo == 0 else f"must be at least {lo:g}"
+    return f"must lie in {'(' if m['low_open'] else '['}{lo:g}, {hi:g}{')' if m['high_open'] else ']'}"
+
+
+@dataclass(frozen=True)
 class Config:
+    """The settings of a run, frozen: change one with :meth:`replace` (``cfg.replace(epochs=20)``,
+    validated again). Each field declares its allowed values (:func:`setting`), all checked in
+    :meth:`validate`, which every Config passes when it is made. Why each open choice is what it
+    is, with its measurement: docs/choices.md (cited beside the field)."""
+
     # ---- experiment -------------------------------------------------------
     name: str = "run"
     seed: int = 0
-    variant: str = "hallnll"  # ce | gmm (Table 5 row 1) | easy (row 2) | hallnll (row 3) | dividemix (nets: 2)
-    # Networks co-trained (hallnll.cotrain): 1, the paper's setting "in most of our
-    # experiment settings"; 2 as DivideMix and as the paper on Clothing1M (§4.2): each
-    # network's selection divides the data for the other, unlabeled targets are
-    # co-guessed by both, evaluation is on the sum of both networks' logits.
-    # variant=dividemix is DivideMix itself: two networks, GMM threshold, no hallucination.
-    nets: int = 1
+    variant: str = setting("hallnll", choices=VARIANTS)  # ce | gmm (Table 5 row 1) | easy (row 2) | hallnll (row 3) | dividemix (nets: 2)
+    nets: int = setting(1, choices=(1, 2), hint="use 1 (one network) or 2 (two co-trained networks, as DivideMix)")  # docs/choices.md#nets
 
     # ---- data -------------------------------------------------------------
-    dataset: str = "digits"  # digits | cifar10 | cifar100 | folder | clothing1m
+    dataset: str = setting("digits", choices=DATASETS)
     data_root: str = ".data"  # where cifar-10-batches-py/ lives or is downloaded to (relative: to the working folder)
     download: bool = True  # torchvision download when the folder is missing (needs network)
-    # dataset=folder: a CSV with columns path,label (paths relative to the CSV,
-    # labels 0..C-1 or class names) and an optional clean test CSV. Without a
-    # test CSV there is no test set and no test accuracy: every image is trained
-    # on and gets a row in the label-issue report (a held-out split of the same
-    # noisy labels would score the model against noise and leave its images
-    # unreported).
-    folder_train_csv: str = ""
-    folder_test_csv: str = ""
-    image_size: int = 32  # dataset=folder: images are resized to image_size x image_size
-    # The label-issue report (hallnll.label_issues): its probabilities come from
-    # label_folds runs of the method, each on the other folds of the training
-    # images, so no image's suggestion comes from a model that trained on its
-    # given label; 0 uses the final model of one run on all images (which has
-    # trained on the given labels of its easy samples). 2 costs one run on all
-    # images (two on half); the two are compared in the README ("Your own noisy
-    # dataset", benchmarks/label_issues.py --ablation).
-    label_folds: int = 2
-    # The report suggests another label for an issue only where the out-of-sample
-    # probability of that class is at least this; elsewhere it keeps the given
-    # label. 0.9 because on the development data (benchmarks/label_issues_dev.py:
-    # C-based 30% labels of CIFAR-10 images 40000-43999, the CPU profile's model)
-    # every lower bar (0, 0.5, 0.7, 0.8) made the suggested labels less accurate
-    # than the given ones (70.03% right) with the method's and with
-    # cross-entropy models; at 0.9: 69.97% and 70.45%.
-    suggest_confidence: float = 0.9
-    # Train / test on the first N images only (0: all). The noisy labels are
-    # made (or read) for the whole training set first and then cut the same
-    # way, so a subset keeps the published labels of its own images. For
-    # CPU-scale checks on real data (``hallnll fidelity``); the order of
-    # CIFAR's files is already shuffled, so the first N are a fair sample.
-    train_subset: int = 0
-    test_subset: int = 0
+    folder_train_csv: str = ""  # dataset=folder: a CSV path,label (paths relative to it); docs/choices.md#folder-test
+    folder_test_csv: str = ""  # dataset=folder: an optional clean test CSV (none: every image trained on and reported)
+    image_size: int = setting(32, low=4, hint="must be at least 4 (pixels)")  # dataset=folder: images resized to this side
+    label_folds: int = setting(2, low=0, hint="must be 0 (one run, in-sample) or at least 2 (k-fold, out-of-sample)")  # docs/choices.md#label-folds
+    suggest_confidence: float = setting(0.9, low=0.0, high=1.0, hint="must lie in [0, 1] (0.9: change a label only at 90% confidence)")  # docs/choices.md#suggest-confidence
+    train_subset: int = setting(0, low=0, hint="must not be negative (0 means: all / the default)")  # the first N training images only (0: all); docs/choices.md#subsets
+    test_subset: int = setting(0, low=0, hint="must not be negative (0 means: all / the default)")
 
     # ---- label noise (hallnll.noise) --------------------------------------
-    noise: str = "classification"  # none|symmetric|asymmetric|ptd|classification|cifar-n|file
-    noise_rate: float = 0.4
+    noise: str = setting("classification", choices=NOISE_KINDS)
+    noise_rate: float = setting(0.4, low=0.0, high=1.0, hint="must lie in [0, 1] (0.4 means 40% of the labels are wrong)")
     noise_file: str = ""  # noise=file: CSV label,label_noisy (e.g. the published C-based labels)
-    cifar_n: str = "worst"  # noise=cifar-n: random1|random2|random3|aggregate|worst|noisy
+    cifar_n: str = setting("worst", choices=CIFAR_N_KINDS, hint="use random1|random2|random3|aggregate|worst (CIFAR-10N) or noisy (CIFAR-100N)")
     cifar_n_file: str = ""  # noise=cifar-n: CIFAR-10_human.pt/.npz or CIFAR-100_human.pt/.npz
     noise_seed: int = 1
-    ptd_std: float = 0.1  # PTD: std of the truncated normal of per-sample flip rates (Xia et al.)
-    # Classification-based noise (hallnll.noise.classifier.average_softmax): the
-    # clean-label CNN whose softmax, averaged over its epochs, picks the flips.
-    # The defaults are Chen et al.'s CIFAR-10 recipe (chenpf1025/IDN,
-    # cifar10_gen_dependent.py): 150 epochs, lr 0.1 times 0.2 from epochs 60
-    # and 120 (0-based here; their 1-based "epoch > 60"), the softmax taken
-    # in eval mode on one random crop/flip of each training image per epoch
-    # (their softmax loader uses the training transform). Scale them down
-    # together (e.g. 30 epochs, milestones [12, 24]) for a cheaper run; the
-    # milestones must lie below cbased_epochs. Their MNIST script uses 20
-    # epochs at a constant lr 0.01 without augmentation; the digits params
-    # file sets a short constant-lr run of its own. The model is cfg.arch,
-    # not their WRN-28-10; momentum, weight decay and batch are the run's.
-    cbased_epochs: int = 150
-    cbased_lr: float = 0.1
-    cbased_lr_milestones: list = field(default_factory=lambda: [60, 120])  # lr *= cbased_lr_gamma from each on
-    cbased_lr_gamma: float = 0.2
+    ptd_std: float = setting(0.1, low=0.0)  # PTD: std of the truncated normal of per-sample flip rates (Xia et al.)
+    # noise=classification: the clean-label CNN whose averaged softmax picks the flips (Chen et al.'s CIFAR-10 recipe); docs/choices.md#cbased
+    cbased_epochs: int = setting(150, low=0)
+    cbased_lr: float = setting(0.1, low=0.0)
+    cbased_lr_milestones: list = setting(factory=lambda: [60, 120])  # lr *= cbased_lr_gamma from each on
+    cbased_lr_gamma: float = setting(0.2, low=0.0, low_open=True, hint="must be positive (Chen et al. use 0.2)")
     cbased_softmax_augmented: bool = True  # False: the plain images (their MNIST script has no augmentation)
 
     # ---- model --------------------------------------------------------------
-    arch: str = "small_cnn"  # small_cnn | preact_resnet18 | resnet34 | resnet50
-    # resnet50: ImageNet weights, a local torchvision state-dict file or torchvision's
-    # weights name (IMAGENET1K_V1, as DivideMix's pretrained=True; IMAGENET1K_V2),
-    # downloaded into torch's hub cache when online (hallnll.models.imagenet_state_dict)
-    pretrained: str = ""
-    width: int = 0  # base channels (0: the model's own, 64 for the CIFAR ResNets); narrow for CPU-scale checks
+    arch: str = setting("small_cnn", choices=ARCHS, hint=f"is not a model; use one of {', '.join(ARCHS)}")
+    pretrained: str = ""  # resnet50: ImageNet weights, a state-dict file or torchvision's name (IMAGENET1K_V1, ...)
+    width: int = setting(0, low=0, hint="must not be negative (0 means: all / the default)")  # base channels (0: the model's own)
 
     # ---- Table 6 ------------------------------------------------------------
-    epochs: int = 200  # Total epochs
-    warmup_epochs: int = 10  # Warm-up epochs (T_warm)
-    # Init. learning rate. Table 6 prints 0.002 for the CIFAR columns, the text
-    # (App. A) says 0.02, the DivideMix recipe the method follows uses 0.02:
-    # we default to 0.02 and keep Table 6's value one --set away.
-    lr: float = 0.02
-    momentum: float = 0.9  # SGD Momentum
-    weight_decay: float = 5e-4  # Weight decay
-    batch_size: int = 128  # Batch size
-    lambda_p: float = 0.6  # difficulty of a hallucinated anchor, Eq. 2
-    k: int = 3  # K: at most K valid anchors vote for a corrected label (§3.3)
-    p: float = 0.4  # P%: share of the training set selected as easy (Eq. 1)
-    lambda_conf: float = 0.8  # cosine threshold for a valid anchor (§3.3)
-    lambda_mse: float = 25.0  # weight of the unlabeled MSE term, Eq. 3
-    # lr divided by 10 from this (0-based) epoch on (App. A: 120 of 200).
-    # It must lie below epochs, else the run would never decay; 0 = no decay
-    # (a constant lr, for quick runs or a first part to be resumed later).
-    # A value >= epochs is refused, not scaled: the README's own
-    # `--set epochs=50` example kept 120 and silently never decayed, and a
-    # scaled value would depend on which epochs the params file had in mind
-    # and change when a run is resumed with more epochs. The message names the
-    # value at the paper's 60% (30 for 50 epochs).
-    lr_decay_epoch: int = 120
+    epochs: int = setting(200, low=1)  # Total epochs
+    warmup_epochs: int = setting(10, low=0)  # Warm-up epochs (T_warm)
+    lr: float = setting(0.02, low=0.0)  # Init. learning rate (Table 6 prints 0.002, App. A 0.02); docs/choices.md#lr
+    momentum: float = setting(0.9, low=0.0, high=1.0, high_open=True)  # SGD Momentum
+    weight_decay: float = setting(5e-4, low=0.0)  # Weight decay
+    batch_size: int = setting(128, low=1)  # Batch size
+    warmup_batch_size: int = setting(0, low=0, hint="must not be negative (0: batch_size)")  # the warm-up's batch; docs/choices.md#warmup_batch_size
+    lambda_p: float = setting(0.6, low=0.5, high=1.0, hint="must lie in [0.5, 1] (§3.2)")  # difficulty of a hallucinated anchor, Eq. 2
+    k: int = setting(3, low=1)  # K: at most K valid anchors vote for a corrected label (§3.3)
+    p: float = setting(0.4, low=0.0, high=1.0, low_open=True, hint="must lie in (0, 1]: the share of each class kept as easy (Eq. 1), e.g. p=0.4")  # P%, Eq. 1
+    lambda_conf: float = setting(0.8, low=0.0, high=1.0, low_open=True)  # cosine threshold for a valid anchor (§3.3)
+    lambda_mse: float = setting(25.0, low=0.0)  # weight of the unlabeled MSE term, Eq. 3
+    lr_decay_epoch: int = setting(120, low=0, hint="must not be negative (0: no decay)")  # lr / 10 from this 0-based epoch (App. A: 120 of 200); docs/choices.md#lr-decay
 
-    # ---- details the paper leaves open ----------------------------------------
-    gmm_threshold: float = 0.5  # variant=gmm: labeled if easiness > threshold (DivideMix's p_threshold)
-    # How the easy subset is chosen for easy/hallnll: "balanced" is Eq. 1;
-    # "gmm" is DivideMix's easiness > gmm_threshold, which the paper uses for
-    # Clothing1M (§4.2). Variant gmm always uses "gmm".
-    easy_selection: str = "balanced"
-    # Hallucinator h_phi: a two-layer MLP (2d -> hidden -> d). The width is not
-    # given; 0 means "hidden = d", the smallest width that is not a bottleneck.
-    hal_hidden: int = 0
-    # End h_phi with a ReLU: real features (ReLU + average pooling) are
-    # non-negative, so anchors are kept in that cone (see hallucination.py).
-    hal_out_relu: bool = True
-    # h_phi starts at L_clo's balance: s_a = ReLU(lambda_p s_u + (1 - lambda_p) s_v + MLP),
-    # its last layer zero at first; and its output's direction is learned apart
-    # from its norm (rescaled to the parents' mean norm times a learned scalar).
-    # Measured, with the reasons, in hallucination.Hallucinator (issue 17);
-    # hal_skip=false, hal_norm=free is the hallucinator before it.
-    hal_skip: bool = True
-    hal_norm: str = "parents"  # parents | free
-    # Anchors: Alg. 1 runs I_max hallucinator iterations per epoch, each on a
-    # mini-batch of easy features s_u, every s_u paired with a fresh s_v of
-    # another class, and keeps every anchor in S_hal. The paper does not give
-    # I_max; hal_iters=0 means one pass over the training set, ceil(|D| / B),
-    # so each easy feature parents about 1/P anchors per epoch (2.5 at P=0.4):
-    # the "multiple anchors per s_u" of §3.2. hal_batch_size=0 means B.
-    hal_iters: int = 0
-    hal_batch_size: int = 0
-    hal_lr: float = 0.0  # 0: the model's learning rate (Alg. 1 uses one eta)
-    # Label refinement weight w of a clean-hard sample (the easy samples use
-    # their easiness omega, as DivideMix uses its clean probability). The paper
-    # does not say; -1 means "the mean cosine similarity of its voting anchors"
-    # (>= lambda_conf), i.e. trust a corrected label as much as its anchors
-    # resemble it. Any value in [0, 1] fixes w instead.
-    clean_hard_weight: float = -1.0
-    sharpen_t: float = 0.5  # T of the sharpening in MixMatch
-    mixup_alpha: float = 4.0  # Beta(alpha, alpha), l = max(l, 1 - l)
-    rampup_epochs: int = 16  # DivideMix's linear ramp-up of lambda_mse after warm-up
-    lambda_prior: float = 1.0  # DivideMix's uniform-prior penalty
-    # Weight w of DivideMix's negative-entropy penalty in the warm-up loss,
-    # CE + w * mean_i sum_c p_ic log p_ic (engine.neg_entropy). DivideMix adds it
-    # (w = 1) for asymmetric noise only, so that a network warmed up on
-    # structured noise is not yet confident on its wrong labels when the loss
-    # GMM splits them. The paper does not say; 0 = off. Applied in the warm-up
-    # of the SSL variants only: variant ce is the plain cross-entropy baseline
-    # (Table 5's CE row) and stays so. Each params file sets its value beside
-    # the measurement behind it.
-    warmup_entropy_penalty: float = 0.0
-    gmm_max_iter: int = 10  # DivideMix's GaussianMixture(max_iter=10, tol=1e-2, reg_covar=5e-4)
+    # ---- details the paper leaves open (docs/choices.md) ---------------------------
+    gmm_threshold: float = setting(0.5, low=0.0, high=1.0)  # variant=gmm: labeled if easiness > threshold (DivideMix's p_threshold)
+    easy_selection: str = setting("balanced", choices=EASY_SELECTIONS, hint="use balanced (Eq. 1) or gmm (DivideMix's threshold)")  # docs/choices.md#easy-selection
+    hal_hidden: int = setting(0, low=0)  # h_phi's hidden width (0: d); docs/choices.md#hallucinator
+    hal_out_relu: bool = True  # h_phi ends in a ReLU, anchors in the real features' cone; docs/choices.md#hallucinator
+    hal_skip: bool = True  # h_phi starts at L_clo's balance; docs/choices.md#hallucinator
+    hal_norm: str = setting("parents", choices=HAL_NORMS, hint="use parents (the parents' mean norm times a learned scale) or free")
+    hal_iters: int = setting(0, low=0)  # I_max (0: ceil(|D| / B)); docs/choices.md#anchor-count
+    hal_batch_size: int = setting(0, low=0)  # 0: batch_size
+    hal_lr: float = setting(0.0, low=0.0)  # 0: the model's learning rate (Alg. 1 uses one eta)
+    clean_hard_weight: float = setting(-1.0, low=0.0, high=1.0, also=(-1.0,), hint="must be -1 (anchor similarity) or lie in [0, 1]")  # docs/choices.md#clean-hard-weight
+    sharpen_t: float = setting(0.5, low=0.0, high=1.0, low_open=True)  # T of the sharpening in MixMatch
+    mixup_alpha: float = setting(4.0, low=0.0, low_open=True)  # Beta(alpha, alpha), l = max(l, 1 - l)
+    rampup_epochs: int = setting(16, low=0)  # DivideMix's linear ramp-up of lambda_mse after warm-up
+    lambda_prior: float = setting(1.0, low=0.0)  # DivideMix's uniform-prior penalty
+    warmup_entropy_penalty: float = setting(0.0, low=0.0)  # DivideMix's negative-entropy term in the warm-up; docs/choices.md#warmup-entropy
+    gmm_max_iter: int = setting(10, low=0)  # DivideMix's GaussianMixture(max_iter=10, tol=1e-2, reg_covar=5e-4)
 
     # ---- augmentation -----------------------------------------------------------
-    # random crop with this zero padding (4 for CIFAR); -1: an eighth of the
-    # image side (1 for 8x8 digits, 4 at 32 px, CIFAR's ratio), resolved when
-    # the Config is made, so config.yaml holds the number used
-    crop_padding: int = 4
+    crop_padding: int = setting(4, low=0, also=(-1,), hint="must be -1 (an eighth of the image side) or a padding in pixels >= 0")  # random crop padding (-1: side / 8)
     hflip: bool = True  # random horizontal flip (off for digits: a mirrored 3 is not a 3)
 
     # ---- engine ---------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # bf16 autocast on CUDA (fp32 on the CPU unless cpu_bf16)
-    channels_last: bool = True  # on CUDA (and on the CPU with cpu_bf16)
-    # bf16 autocast and channels_last on the CPU as well: on CPUs with AMX /
-    # AVX-512-BF16 (this project's 2-core machines) a PreActResNet-18 of width
-    # 16 trains at 807 images/s against 355 in fp32 (one thread); elsewhere it
-    # is slower, hence off by default. The fidelity check sets it, which also
-    # puts its CPU runs on the same bf16 + channels_last path as the GPU's.
-    cpu_bf16: bool = False
-    eval_batch_size: int = 1024
-    # BatchNorm statistics are re-estimated after every training epoch
-    # (warm-up, ce and SSL) on this many augmented, un-mixed training images
-    # (0: keep the running averages; "precise BN", as
-    # torch.optim.swa_utils.update_bn does it). Why: the running averages are
-    # an EMA of the last ~20 batches, taken under older weights and, in the
-    # SSL epoch, over mixed images (whose variance is ~0.55x a real image's)
-    # and the concatenated target batch; after a short epoch they lag the
-    # weights. Measured on digits at batch 128, clean labels, variant gmm:
-    # 80.7% test accuracy in eval mode vs 97.1% with batch statistics at
-    # epoch 12 (shared/findings); eval mode is what selects the easy set.
-    bn_recal_images: int = 10000
-    # Per-epoch diagnostics in metrics.jsonl: test accuracy with the running
-    # averages before re-estimation and with test-batch statistics; accuracy
-    # of the predictions on the unlabeled set; anchor similarity quantiles.
-    # Costs two extra test passes and a sample of feature pairs per epoch.
-    diagnostics: bool = True
-    checkpoint_every: int = 1  # epochs between checkpoints (0: only at the end)
+    eval_batch_size: int = setting(1024, low=1)
+    bn_recal_images: int = setting(10000, low=0, hint="must not be negative (0 means: all / the default)")  # precise BN after every epoch (0: off); docs/choices.md#bn-recal
+    diagnostics: bool = True  # per-epoch diagnostics in metrics.jsonl (two extra test passes); docs/choices.md#diagnostics
+    checkpoint_every: int = setting(1, low=0)  # epochs between checkpoints (0: only at the end)
     progress: bool = True  # tqdm progress bars
-    # torch's CPU threads for every command (noise generation, training,
-    # evaluation), set for the duration of the call and restored after; 0 leaves
-    # torch's setting alone (by default every core). 1 because on the 2-core
-    # development CPU one thread was faster than two for every model this
-    # project runs on a CPU (measured in the README, "Threads"), and because the
-    # regenerated noise depends on the thread count (float reduction order):
-    # one setting everywhere gives the same labels in train and quickstart.
-    threads: int = 1
-
-    def __post_init__(self):
-        if self.crop_padding == -1:  # see crop_padding
-            self.crop_padding = max(1, image_side(self) // 8)
-
-    # ---- speed levers (each measured by `hallnll bench --levers`, benchmarks/README.md) ----
-    # The loss GMM of §3.1: "torch" fits it on the device of the losses with
-    # scikit-learn's algorithm step for step (k-means++ draws from
-    # RandomState(seed), Lloyd and its stopping rules, EM, tol, reg_covar;
-    # float64; no host round-trip); "sklearn" runs scikit-learn's
-    # GaussianMixture on the host. Same omega on the losses of the tests
-    # (tests/test_levers.py); torch is the default because it was also the
-    # faster on the CPU (benchmarks/README.md, "CPU figures for the levers").
-    gmm_backend: str = "torch"
-    # The hallucinator phase's I_max updates of h_phi, each captured once as a
-    # CUDA graph and replayed (CUDA; elsewhere the same fixed-buffer step runs
-    # eagerly). Same kernels and draws as the eager loop; off until measured.
-    hal_graph: bool = False
-    # torch.optim.SGD's implementation: default (torch's choice: foreach on
-    # CUDA, a per-parameter loop on the CPU), foreach, or fused (one kernel).
-    sgd_impl: str = "default"
-    # cuDNN benchmark mode during Run.epoch (CUDA only; the process-wide flag
-    # is restored after each epoch): every training step has one shape, so
-    # cuDNN times its convolution algorithms once per shape and keeps the fastest.
-    cudnn_benchmark: bool = True
-    # torch.compile the model for the training steps (compile) and/or the
-    # whole warm-up and MixMatch steps, augmentation included (compile_step;
-    # it compiles the model inside the step, so it does not need compile).
-    # Applied on CUDA, or on any device with a compile_backend other than
-    # inductor (aot_eager: how the CPU tests check the compiled paths).
-    # compile_mode (inductor): default | reduce-overhead (CUDA graphs) |
-    # max-autotune | max-autotune-no-cudagraphs.
-    compile: bool = False
-    compile_step: bool = False
-    compile_mode: str = "default"
-    compile_backend: str = "inductor"
+    threads: int = setting(1, low=0)  # torch's CPU threads for every command (0: torch's own); docs/choices.md#threads
 
     # ---- streamed data and Clothing1M (hallnll.data.stream, hallnll.data.clothing1m) ----
-    # dataset=clothing1m: data_root is the Clothing1M folder as distributed; the
-    # images are decoded per batch by loader_workers DataLoader workers with
-    # DivideMix's transforms: shorter side resized to resize_size (256), a random
-    # image_size (224) crop and a flip for training, the centre crop to evaluate.
-    resize_size: int = 256
-    loader_workers: int = 4  # DataLoader workers of the streamed path (0: decode in the training process)
-    # A folder whose decoded uint8 training set (N x 3 x image_size^2 bytes) would
-    # exceed this many GiB is streamed instead of held on the device: 8 GiB is
-    # 55x CIFAR-10's 150 MB, fits beside a ResNet-50 on a 24 GB GPU, and is
-    # ~170k images at 128 px or ~57k at 224 px. 0: always stream.
-    stream_above_gb: float = 8.0
-    # Per epoch, a class-balanced draw (by the given labels) of epoch_batches x
-    # batch_size training images, and every step of the epoch (the easiness
-    # pass and GMM, the selection, the SSL epoch) runs on that draw; a warm-up
-    # epoch draws twice as many. DivideMix's Clothing1M recipe (num_batches=1000:
-    # its eval_train draw of 32,000 images is what the GMM is fitted on and the
-    # labeled/unlabeled split is made of; its warm-up draws 64,000). 0: the
-    # whole training set every epoch (CIFAR).
-    epoch_batches: int = 0
+    resize_size: int = setting(256, low=0)  # dataset=clothing1m: shorter side resized to this, then an image_size crop
+    loader_workers: int = setting(4, low=0)  # DataLoader workers of the streamed path (0: in the training process)
+    jpeg_decode: str = setting("auto", choices=JPEG_DECODERS, hint="use auto (the device's decoder on CUDA), workers (CPU) or device")  # docs/choices.md#jpeg_decode
+    stream_above_gb: float = setting(8.0, low=0.0)  # a folder larger than this (decoded uint8 GiB) is streamed; docs/choices.md#streaming
+    epoch_batches: int = setting(0, low=0)  # per epoch a class-balanced draw of this many batches (0: all); docs/choices.md#epoch-batches
+
+    # ---- speed levers (hallnll.levers; --set speed.NAME=... or NAME=...; measured by `hallnll bench --levers`) ----
+    bf16: bool = setting(True, group="speed")  # bf16 autocast on CUDA (fp32 on the CPU unless cpu_bf16)
+    channels_last: bool = setting(True, group="speed")  # on CUDA (and on the CPU with cpu_bf16)
+    cpu_bf16: bool = setting(False, group="speed")  # bf16 + channels_last on the CPU too; docs/choices.md#cpu-bf16
+    cudnn_benchmark: bool = setting(True, group="speed")  # cuDNN's algorithm search during Run.epoch (CUDA)
+    gmm_backend: str = setting("torch", choices=GMM_BACKENDS, group="speed", hint="use torch (on the device) or sklearn (scikit-learn on the host)")  # docs/choices.md#gmm-backend
+    hal_graph: bool = setting(False, group="speed")  # the hallucinator's update as a CUDA graph; docs/choices.md#levers
+    sgd_impl: str = setting("default", choices=SGD_IMPLS, group="speed", hint="use default, foreach or fused")
+    compile: bool = setting(False, group="speed")  # torch.compile the model for the training steps (CUDA, or a non-inductor backend)
+    compile_step: bool = setting(False, group="speed")  # torch.compile the whole warm-up and MixMatch steps
+    compile_mode: str = setting("default", choices=COMPILE_MODES, group="speed", hint="use default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs")
+    compile_backend: str = setting("inductor", group="speed")  # inductor; aot_eager / eager for checks on the CPU
+
+    def __post_init__(self):
+        types = _field_types()
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), types[f.name]))
+        if self.crop_padding == -1:  # an eighth of the image side, resolved here so config.yaml holds the number
+            object.__setattr__(self, "crop_padding", max(1, image_side(self) // 8))
+        self.validate()
 
     # ------------------------------------------------------------------------
     def validate(self) -> "Config":
-        """Raise :class:`ConfigError` naming the first bad value and the fix."""
+        """Raise :class:`ConfigError` naming the first bad value and the fix: every field's
+        declared values (:func:`setting`), then the rules between fields. Run when a Config is
+        made (a frozen Config stays valid); ``fit``, ``Run``, ``find_label_issues`` and the CLI
+        all take one."""
 
         def bad(key, msg):
             raise ConfigError(f"config: {key}={getattr(self, key)!r} {msg}")
 
-        if self.variant not in VARIANTS:
-            bad("variant", f"is not a variant; use one of {', '.join(VARIANTS)}")
-        if self.nets not in (1, 2):
-            bad("nets", "use 1 (one network) or 2 (two co-trained networks, as DivideMix)")
+        for f in fields(self):
+            m, v = f.metadata, getattr(self, f.name)
+            if "choices" in m and v not in m["choices"]:
+                what = {"variant": "a variant", "dataset": "a dataset", "noise": "a noise kind"}.get(f.name)
+                bad(f.name, m.get("hint") or (f"is not {what}; " if what else "") + f"use one of {', '.join(map(str, m['choices']))}")
+            if ("low" in m or "high" in m) and v not in m["also"]:
+                lo, hi = m.get("low"), m.get("high")
+                above = lo is None or (v > lo if m["low_open"] else v >= lo)  # written so that NaN fails both
+                below = hi is None or (v < hi if m["high_open"] else v <= hi)
+                if not (above and below):
+                    bad(f.name, m.get("hint") or _range_text(m))
+        # ---- rules between fields
         if self.variant == "dividemix" and self.nets != 2:
             bad("variant", "co-trains two networks: set nets=2 (variant=gmm is its one-network form)")
-        if self.dataset not in DATASETS:
-            bad("dataset", f"is not a dataset; use one of {', '.join(DATASETS)}")
-        if self.noise not in NOISE_KINDS:
-            bad("noise", f"is not a noise kind; use one of {', '.join(NOISE_KINDS)}")
-        if self.arch not in ARCHS:
-            bad("arch", f"is not a model; use one of {', '.join(ARCHS)}")
-        if not 0.0 <= self.noise_rate <= 1.0:
-            bad("noise_rate", "must lie in [0, 1] (0.4 means 40% of the labels are wrong)")
-        for key in ("p", "lambda_conf"):
-            v = getattr(self, key)
-            if not 0.0 < v <= 1.0:
-                bad(key, "must lie in (0, 1]")
-        if not 0.5 <= self.lambda_p <= 1.0:
-            bad("lambda_p", "must lie in [0.5, 1] (§3.2)")
-        if self.easy_selection not in ("balanced", "gmm"):
-            bad("easy_selection", "use balanced (Eq. 1) or gmm (DivideMix's threshold)")
-        if self.hal_norm not in ("parents", "free"):
-            bad("hal_norm", "use parents (the parents' mean norm times a learned scale) or free")
-        if not 0.0 <= self.gmm_threshold <= 1.0:
-            bad("gmm_threshold", "must lie in [0, 1]")
-        if not (self.clean_hard_weight == -1.0 or 0.0 <= self.clean_hard_weight <= 1.0):
-            bad("clean_hard_weight", "must be -1 (anchor similarity) or lie in [0, 1]")
-        for key in ("epochs", "batch_size", "k", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                bad(key, "must be at least 1")
-        if self.crop_padding < 0:
-            bad("crop_padding", "must be -1 (an eighth of the image side) or a padding in pixels >= 0")
-        if self.image_size < 4:
-            bad("image_size", "must be at least 4 (pixels)")
-        for key in ("train_subset", "test_subset", "width", "bn_recal_images"):
-            if getattr(self, key) < 0:
-                bad(key, "must not be negative (0 means: all / the default)")
+        if self.label_folds == 1:
+            bad("label_folds", "must be 0 (one run, in-sample) or at least 2 (k-fold, out-of-sample)")
         if self.width and self.arch == "resnet50":
             bad("width", "has no effect on arch=resnet50 (torchvision's ResNet-50); leave it at 0")
-        for key in ("warmup_epochs", "threads", "hal_hidden", "hal_batch_size", "hal_iters",
-                    "rampup_epochs", "gmm_max_iter", "cbased_epochs", "checkpoint_every"):
-            if getattr(self, key) < 0:
-                bad(key, "must not be negative")
         if self.warmup_epochs > self.epochs:
             bad("warmup_epochs", f"exceeds epochs={self.epochs}")
-        if self.lr_decay_epoch < 0:
-            bad("lr_decay_epoch", "must not be negative (0: no decay)")
         if self.lr_decay_epoch >= self.epochs:
             at = int(0.6 * self.epochs)
             hint = f"lr_decay_epoch={at} (60% of the run, as the paper's 120 of 200) or " if at >= 1 else ""
             bad("lr_decay_epoch", f"is not below epochs={self.epochs}: the learning rate would never be divided "
                                   f"by 10; use --set {hint}lr_decay_epoch=0 for a constant learning rate")
-        for key in ("lr", "lambda_mse", "weight_decay", "lambda_prior", "hal_lr", "ptd_std",
-                    "warmup_entropy_penalty", "cbased_lr"):
-            if getattr(self, key) < 0:
-                bad(key, "must not be negative")
-        if not 0.0 <= self.momentum < 1.0:
-            bad("momentum", "must lie in [0, 1)")
-        if not 0.0 < self.sharpen_t <= 1.0:
-            bad("sharpen_t", "must lie in (0, 1]")
-        if self.mixup_alpha <= 0:
-            bad("mixup_alpha", "must be positive")
         if self.noise == "classification" and self.cbased_epochs < 1:
             bad("cbased_epochs", "must be at least 1 for noise=classification: the epochs of the clean-label CNN "
                                  "(Chen et al. use 150 on CIFAR-10, 20 on MNIST)")
         ms = self.cbased_lr_milestones
-        if not isinstance(ms, (list, tuple)) or not all(isinstance(m, int) and not isinstance(m, bool) for m in ms):
+        if not all(isinstance(m, int) and not isinstance(m, bool) for m in ms):
             bad("cbased_lr_milestones", "must be a list of epochs, e.g. [60, 120] (Chen et al.) or [] (constant lr)")
         if any(m < 1 for m in ms) or any(b <= a for a, b in zip(ms, ms[1:])):
             bad("cbased_lr_milestones", "must be increasing epochs of at least 1, e.g. [60, 120]")
@@ -403,46 +264,38 @@ class Config:
             bad("cbased_lr_milestones", f"reaches past cbased_epochs={self.cbased_epochs}: that lr step would never "
                                         f"happen. Scale the milestones with the epochs (Chen et al.: [60, 120] of "
                                         f"150, i.e. 40% and 80%) or use [] for a constant lr")
-        if not self.cbased_lr_gamma > 0:
-            bad("cbased_lr_gamma", "must be positive (Chen et al. use 0.2)")
         if self.noise == "file" and not self.noise_file:
             bad("noise_file", "is empty: noise=file needs a CSV with columns label,label_noisy")
-        if self.noise == "cifar-n":
-            if self.cifar_n not in ("random1", "random2", "random3", "aggregate", "worst", "noisy"):
-                bad("cifar_n", "use random1|random2|random3|aggregate|worst (CIFAR-10N) or noisy (CIFAR-100N)")
-            if not self.cifar_n_file:
-                bad("cifar_n_file", "is empty: point it at CIFAR-10_human.pt/.npz or CIFAR-100_human.pt/.npz")
-        if not 0.0 <= self.suggest_confidence <= 1.0:
-            bad("suggest_confidence", "must lie in [0, 1] (0.9: change a label only at 90% confidence)")
-        if self.label_folds == 1 or self.label_folds < 0:
-            bad("label_folds", "must be 0 (one run, in-sample) or at least 2 (k-fold, out-of-sample)")
-        for key in ("resize_size", "loader_workers", "epoch_batches", "stream_above_gb"):
-            if getattr(self, key) < 0:
-                bad(key, "must not be negative")
+        if self.noise == "cifar-n" and not self.cifar_n_file:
+            bad("cifar_n_file", "is empty: point it at CIFAR-10_human.pt/.npz or CIFAR-100_human.pt/.npz")
         if self.dataset == "clothing1m" and self.resize_size < self.image_size:
             bad("resize_size", f"is below image_size={self.image_size}: the crop must fit in the resized image "
                                f"(DivideMix: 256 and 224)")
         if self.dataset == "folder" and not self.folder_train_csv:
             bad("folder_train_csv", "is empty: dataset=folder needs a CSV with columns path,label")
-        if self.gmm_backend not in ("torch", "sklearn"):
-            bad("gmm_backend", "use torch (on the device) or sklearn (scikit-learn on the host)")
-        if self.sgd_impl not in ("default", "foreach", "fused"):
-            bad("sgd_impl", "use default, foreach or fused")
-        if self.compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
-            bad("compile_mode", "use default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs")
         if not self.compile_backend:
             bad("compile_backend", "is empty: use inductor (the default) or aot_eager / eager for checks")
         return self
 
     # ------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The settings as one flat mapping (what config.yaml and a checkpoint hold)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes) -> "Config":
+        """A new Config with ``changes`` (flat names or ``speed.NAME``), validated."""
         return from_dict({**self.to_dict(), **changes})
+
+    def speed(self) -> dict:
+        """The speed levers' settings (the ``speed`` group, :data:`SPEED`)."""
+        return {k: getattr(self, k) for k in SPEED}
 
     def save(self, path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+#: the speed levers' settings (:mod:`hallnll.levers`), the ``speed`` group of :class:`Config`
+SPEED = tuple(f.name for f in fields(Config) if f.metadata.get("group") == "speed")
 
 
 def _coerce(key: str, value: Any, typ) -> Any:
@@ -467,21 +320,40 @@ def _field_types() -> dict:
     return _TYPES
 
 
+def _flat(d: dict) -> dict:
+    """``speed.NAME`` keys and a nested ``speed:`` mapping as the flat field names."""
+    out = {}
+    for key, value in d.items():
+        if key == "speed" and isinstance(value, dict):
+            for k, v in value.items():
+                out[_speed_key(f"speed.{k}")] = v
+        else:
+            out[_speed_key(key) if isinstance(key, str) and key.startswith("speed.") else key] = value
+    return out
+
+
+def _speed_key(key: str) -> str:
+    name = key[len("speed."):]
+    if name not in SPEED:
+        raise ConfigError(f"config: unknown key {key!r}; the speed levers are {', '.join('speed.' + s for s in SPEED)}")
+    return name
+
+
 def from_dict(d: dict) -> Config:
-    """Build and validate a :class:`Config` from a plain mapping."""
+    """Build and validate a :class:`Config` from a plain mapping (flat names, ``speed.NAME`` or
+    a nested ``speed:`` mapping)."""
     if d is None:
         d = {}
     if not isinstance(d, dict):
         raise ConfigError(f"config: expected a mapping of settings, got {type(d).__name__}")
     types = _field_types()
-    kwargs = {}
-    for key, value in d.items():
+    d = _flat(d)
+    for key in d:
         if key not in types:
             close = difflib.get_close_matches(str(key), types, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(types)}"
             raise ConfigError(f"config: unknown key {key!r}{hint}")
-        kwargs[key] = _coerce(key, value, types[key])
-    return Config(**kwargs).validate()
+    return Config(**d)
 
 
 def image_side(cfg: Config) -> int:

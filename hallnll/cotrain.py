@@ -93,24 +93,23 @@ class Ensemble(nn.Module):
         return sum(m(x) for m in self.models)
 
 
-def train_epoch(run, row: dict) -> None:
-    """The training part of a two-network epoch (see the module docstring); fills ``row``
-    as :meth:`Run._train_epoch` does for one network, the second network's figures with
-    the suffix ``_2``."""
+def train_epoch(run) -> dict:
+    """The training part of a two-network epoch (see the module docstring); its part of the
+    metrics row as :meth:`Run._train_epoch` makes it for one network, the second network's
+    figures with the suffix ``_2``."""
     from . import reporting
-    from .run import anchor_set
 
     cfg = run.cfg
     if run.in_warmup:
-        row["phase"] = "ce" if cfg.variant == "ce" else "warmup"
+        row = {"phase": "ce" if cfg.variant == "ce" else "warmup"}
         losses = []
         for k in range(len(run.nets)):
             with acting(run, k):
                 losses.append(float(run.warmup_epoch()))
             run._check_finite(losses[-1], row["phase"])
         row["train_loss"], row["train_loss_2"] = losses
-        return
-    row["phase"] = "ssl"
+        return row
+    row = {"phase": "ssl"}
     picks = []
     for k in range(2):  # both divisions before either network trains (DivideMix's eval_train of both)
         with acting(run, k):
@@ -119,14 +118,12 @@ def train_epoch(run, row: dict) -> None:
         with acting(run, k):
             out = run.ssl_epoch(picks[1 - k][1], peer=run.nets[1 - k].model)
         sfx = "" if k == 0 else "_2"
-        row.update({f"{n}{sfx}": float(v) for n, v in out.items()})
-        row[f"train_loss{sfx}"] = row.pop(f"loss{sfx}")
+        row.update(reporting.loss_row(out, sfx))
         run._check_finite(row[f"train_loss{sfx}"], "ssl")
     for k, (ez, sel, hal) in enumerate(picks):
         sfx = "" if k == 0 else "_2"
         if hal is not None:
-            row.update({f"hal_loss{sfx}": float(hal.loss), f"hal_closeness{sfx}": float(hal.closeness),
-                        f"hal_ce{sfx}": float(hal.ce)})
+            row.update(reporting.hal_row(hal, sfx))
             run._check_finite(row[f"hal_loss{sfx}"], "hallucination")
         m = reporting.selection_metrics(run.true, run.given, sel.labeled_mask, sel.easy_mask, sel.clean_hard_mask,
                                         sel.train_labels)
@@ -134,5 +131,5 @@ def train_epoch(run, row: dict) -> None:
     ez, sel, hal = picks[0]
     if cfg.diagnostics:
         row.update(run.selection_diagnostics(ez, sel, hal))
-    run.last = sel.state() if not cfg.epoch_batches else {}
-    run.last_anchors = anchor_set(hal, sel) if hal is not None else None
+    run.keep(sel, hal)
+    return row

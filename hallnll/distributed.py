@@ -31,6 +31,12 @@ unchanged. What each step of Alg. 1 does under DDP, and why:
   batch statistics are per rank, those of its part of the batch.
 - **Outputs**: rank 0 alone writes the run folder; every rank reads the
   checkpoint to resume.
+- **Streamed images** (Clothing1M, a large folder: :mod:`hallnll.data.stream`):
+  every rank holds the paths only; a training step announces *its part* of
+  each global batch, which that rank's DataLoader workers decode (the crop and
+  flip seeds are drawn alike on every rank, one per global batch), and each
+  rank's shard of a global step is decoded by its own workers. The per-epoch
+  class-balanced draw is made alike on every rank.
 """
 from __future__ import annotations
 
@@ -104,8 +110,12 @@ def predict_all(model, images, batch_size: int, bf16: bool = False, features: bo
 
     if world() == 1:
         return predict(model, images, batch_size, bf16, features)
-    part = copy.copy(images)
-    part.x = images.x[shard(len(images))]
+    sl = shard(len(images))
+    if getattr(images, "streamed", False):  # decoded by this rank's workers (the evaluation transform: no draws)
+        part = images.subset(sl, seed=0)
+    else:
+        part = copy.copy(images)
+        part.x = images.x[sl]
     logits, feats = predict(model, part, batch_size, bf16, features)
     return gather_rows(logits), (gather_rows(feats) if features else None)
 

@@ -1,6 +1,5 @@
 """Training primitives shared by every step: device choice, autocast, the
-optimiser, the speed switches (cuDNN benchmark mode, torch.compile), one
-cross-entropy epoch (the warm-up of Alg. 1, lines 2-3) and a large-batch
+optimiser, one cross-entropy epoch (the warm-up of Alg. 1, lines 2-3) and a large-batch
 evaluation pass that returns logits and features f_theta(x).
 
 No host synchronisation inside the iteration loops: losses are summed on the
@@ -17,9 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.gpu import DeviceImages, augment_draws
-
-SGD_IMPLS = ("default", "foreach", "fused")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from .levers import sgd_options
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,57 +38,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def autocast(device: torch.device, bf16: bool):
     """bf16 autocast on ``device`` when ``bf16`` (callers decide where it is wanted:
-    :func:`use_bf16`); a no-op otherwise."""
+    :func:`hallnll.levers.use_bf16`); a no-op otherwise."""
     if bf16 and device.type in ("cuda", "cpu"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def use_bf16(cfg, device: torch.device) -> bool:
-    """Whether ``cfg`` asks for bf16 autocast (and channels_last) on ``device``:
-    on CUDA with ``bf16``; on the CPU only with ``cpu_bf16`` as well."""
-    return bool(cfg.bf16) and (device.type == "cuda" or (device.type == "cpu" and bool(cfg.cpu_bf16)))
-
-
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float, impl: str = "default") -> torch.optim.Optimizer:
-    """SGD; ``impl`` picks torch's implementation: ``default`` (torch's choice:
-    foreach on CUDA, a loop over parameters on the CPU), ``foreach`` or
-    ``fused`` (one kernel for all parameters). All compute the same update."""
-    if impl not in SGD_IMPLS:
-        raise ValueError(f"sgd implementation {impl!r}: use one of {', '.join(SGD_IMPLS)}")
-    kw = {"foreach": True} if impl == "foreach" else {"fused": True} if impl == "fused" else {}
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kw)
-
-
-@contextlib.contextmanager
-def cudnn_benchmark(on: bool, device: torch.device):
-    """cuDNN benchmark mode (on CUDA, when ``on``) for the duration of the block, then
-    the previous setting again: the process-wide flag is not left changed."""
-    if not on or torch.device(device).type != "cuda":
-        yield
-        return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
-def compile_active(device: torch.device, backend: str = "inductor") -> bool:
-    """Whether torch.compile is applied: on CUDA, or with a backend other than
-    inductor (aot_eager / eager, for checks on the CPU). Inductor on a CPU
-    generates C++ for minutes and the compile switches are GPU levers."""
-    return torch.device(device).type == "cuda" or backend != "inductor"
-
-
-def compiled(fn, mode: str = "default", backend: str = "inductor"):
-    """``torch.compile(fn)`` with static shapes; ``mode`` applies to inductor only
-    (``reduce-overhead`` replays CUDA graphs)."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile mode {mode!r}: use one of {', '.join(COMPILE_MODES)}")
-    kw = {"mode": mode} if backend == "inductor" and mode != "default" else {}
-    return torch.compile(fn, backend=backend, dynamic=False, **kw)
+    """SGD with momentum and weight decay; ``impl`` is the ``sgd_impl`` lever
+    (:func:`hallnll.levers.sgd_options`: the same update)."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **sgd_options(impl))
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:
@@ -163,8 +119,9 @@ def ce_epoch(model, images: DeviceImages, labels: torch.Tensor, opt, batch_size:
     perm = torch.randperm(n, device=images.device, generator=generator)
     total = torch.zeros((), device=images.device)
     steps = max(1, n // batch_size) if n >= batch_size else 1
-    if images.streamed:  # decoded ahead by the workers
-        images.plan([perm[i * batch_size:(i + 1) * batch_size] for i in range(steps)])
+    if images.streamed:  # decoded ahead by the workers (under DDP: this rank's part of each batch)
+        bs = [perm[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+        images.plan([b[part(len(b))] for b in bs] if part is not None else bs)
     for i in range(steps):
         idx = perm[i * batch_size:(i + 1) * batch_size]
         draws = augment_draws(len(idx), padding, hflip, generator, images.device)

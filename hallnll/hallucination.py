@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+HAL_NORMS = ("parents", "free")  # Hallucinator(norm=...), Config.hal_norm
+
 
 class Hallucinator(nn.Module):
     """h_phi: concat(s_u, s_v) [2d] -> hidden -> [d], ReLU between.
@@ -85,8 +87,8 @@ class Hallucinator(nn.Module):
     def __init__(self, dim: int, hidden: int = 0, out_relu: bool = True, skip: bool = True, norm: str = "parents",
                  lambda_p: float = 0.6):
         super().__init__()
-        if norm not in ("free", "parents"):
-            raise ValueError(f"norm={norm!r}: use free or parents")
+        if norm not in HAL_NORMS:
+            raise ValueError(f"norm={norm!r}: use one of {', '.join(HAL_NORMS)}")
         hidden = hidden or dim
         self.skip, self.out_relu, self.norm, self.lambda_p = skip, out_relu, norm, lambda_p
         self.net = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
@@ -159,75 +161,22 @@ class HallucinationResult:
     ce: torch.Tensor
 
 
-class StaticHalStep:
-    """One update of h_phi (Alg. 1 lines 11-14) on fixed buffers, so that on
-    CUDA it is captured once as a CUDA graph and replayed for every iteration.
-
-    The buffers: the mini-batch ``s_u``, ``s_v``, ``y_u`` (filled by the
-    caller), the frozen g_rho (``w``, ``b``, copied in once per phase), the
-    anchors ``s_a`` the step made, and the running sums of (L_hal,
-    closeness, CE). The step is the eager one, op for op: on the CPU it runs
-    eagerly (what the tests compare with the plain loop); on CUDA the first
-    :attr:`WARMUP` steps after (re)building run eagerly on a side stream (real
-    steps of the phase, as CUDA graph capture asks), then one step is
-    captured (capture records, it does not run) and replayed. The graph bakes
-    in the learning rate: it is captured again when the rate changes. Build a
-    new one after loading an optimiser state (the momentum buffers change).
-    """
-
-    WARMUP = 3
-
-    def __init__(self, hallucinator: Hallucinator, optimizer, classifier: nn.Linear, batch_size: int,
-                 lambda_p: float, device):
-        dev = torch.device(device)
-        d, c = classifier.in_features, classifier.out_features
-        self.hal, self.opt, self.lambda_p = hallucinator, optimizer, lambda_p
-        self.s_u = torch.zeros(batch_size, d, device=dev)
-        self.s_v = torch.zeros(batch_size, d, device=dev)
-        self.y_u = torch.zeros(batch_size, dtype=torch.long, device=dev)
-        self.w = torch.zeros(c, d, device=dev)
-        self.b = torch.zeros(c, device=dev) if classifier.bias is not None else None
-        self.s_a = torch.zeros(batch_size, d, device=dev)
-        self.tot = torch.zeros(3, device=dev)
-        self.use_graph = dev.type == "cuda"
-        self.graph, self.graph_lr, self.warm = None, None, 0
-        self.stream = torch.cuda.Stream(dev) if self.use_graph else None
-
-    def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        s_a = self.hal(self.s_u, self.s_v)
-        loss, clo, ce = hallucination_loss(s_a, self.s_u, self.s_v, F.linear(s_a, self.w, self.b), self.y_u,
-                                           self.lambda_p)
-        loss.backward()
-        self.opt.step()
-        self.s_a.copy_(s_a.detach())
-        self.tot += torch.stack([loss.detach(), clo.detach(), ce.detach()])
-
-    def run(self) -> None:
-        """One iteration on the current buffers: eager, a warm-up step, or a graph replay."""
-        if not self.use_graph:
-            return self.step()
-        lr = self.opt.param_groups[0]["lr"]
-        if self.graph is not None and self.graph_lr == lr:
-            return self.graph.replay()
-        if self.warm < self.WARMUP:
-            self.warm += 1
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                self.step()
-            torch.cuda.current_stream().wait_stream(self.stream)
-            return None
-        self.graph = torch.cuda.CUDAGraph()
-        self.opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
-            self.step()
-        self.graph_lr, self.warm = lr, 0
-        self.graph.replay()
+def hal_update(hallucinator: Hallucinator, optimizer, s_u: torch.Tensor, s_v: torch.Tensor, y_u: torch.Tensor,
+               w: torch.Tensor, b, lambda_p: float) -> tuple:
+    """Alg. 1 lines 11-14, one update of phi: the anchors s_a = h_phi(s_u, s_v), Eq. 2
+    through the frozen g_rho (``w``, ``b``), one SGD step. Returns the anchors and
+    (L_hal, closeness, CE), detached."""
+    s_a = hallucinator(s_u, s_v)
+    loss, clo, ce = hallucination_loss(s_a, s_u, s_v, F.linear(s_a, w, b), y_u, lambda_p)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return s_a.detach(), torch.stack([loss.detach(), clo.detach(), ce.detach()])
 
 
 def hallucinate(hallucinator: Hallucinator, optimizer, classifier: nn.Linear, easy_feats: torch.Tensor,
                 easy_labels: torch.Tensor, num_classes: int, iters: int, batch_size: int,
-                lambda_p: float = 0.6, generator=None, static_step: StaticHalStep | None = None) -> HallucinationResult:
+                lambda_p: float = 0.6, generator=None, static_step=None) -> HallucinationResult:
     """The hallucinator training phase: ``iters`` updates of phi on Eq. 2.
 
     Each iteration draws a mini-batch of easy parents s_u (a permutation of
@@ -236,10 +185,11 @@ def hallucinate(hallucinator: Hallucinator, optimizer, classifier: nn.Linear, ea
 
     The random draws of all iterations are made first (they do not depend on
     phi; the same numbers as drawing them iteration by iteration), then the
-    ``iters`` sequential updates run, each as Alg. 1 lines 10-14. With
-    ``static_step`` (:class:`StaticHalStep`, built for this hallucinator,
-    optimiser and ``batch_size``) each update runs on its buffers: a CUDA
-    graph replay on CUDA, the same eager step elsewhere.
+    ``iters`` sequential updates run, each :func:`hal_update` (Alg. 1 lines
+    10-14). ``static_step``: the ``hal_graph`` lever
+    (:class:`hallnll.levers.StaticHalStep`, built for this hallucinator,
+    optimiser and ``batch_size``), the same update on fixed buffers (a CUDA
+    graph replay on CUDA).
     """
     dev = easy_feats.device
     n = len(easy_feats)
@@ -258,30 +208,15 @@ def hallucinate(hallucinator: Hallucinator, optimizer, classifier: nn.Linear, ea
     anchors = torch.empty(iters, batch_size, feats.shape[1], device=dev)
     hallucinator.train()
     if static_step is not None:
-        st = static_step
-        st.w.copy_(w)
-        if st.b is not None:
-            st.b.copy_(b)
-        st.tot.zero_()
-        for it in range(iters):
-            torch.index_select(feats, 0, u_all[it], out=st.s_u)
-            torch.index_select(feats, 0, v_all[it], out=st.s_v)
-            st.y_u.copy_(y_all[it])
-            st.run()
-            anchors[it] = st.s_a
-        tot = st.tot.clone()
+        static_step.begin(feats, w, b)
+        step = static_step
     else:
-        tot = torch.zeros(3, device=dev)
-        for it in range(iters):
-            u, v, y_u = u_all[it], v_all[it], y_all[it]
-            s_u, s_v = feats[u], feats[v]
-            s_a = hallucinator(s_u, s_v)
-            loss, clo, ce = hallucination_loss(s_a, s_u, s_v, F.linear(s_a, w, b), y_u, lambda_p)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            anchors[it] = s_a.detach()
-            tot += torch.stack([loss.detach(), clo.detach(), ce.detach()])
+        def step(u, v, y_u):
+            return hal_update(hallucinator, optimizer, feats[u], feats[v], y_u, w, b, lambda_p)
+    tot = torch.zeros(3, device=dev)
+    for it in range(iters):
+        anchors[it], losses = step(u_all[it], v_all[it], y_all[it])
+        tot += losses
     tot = tot / max(iters, 1)
     parents = torch.stack([u_all, v_all], -1).reshape(-1, 2)
     return HallucinationResult(anchors.reshape(-1, feats.shape[1]), y_all.reshape(-1), parents, tot[0], tot[1], tot[2])

@@ -53,7 +53,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import engine, reporting
+from . import engine, levers, reporting
 from .config import Config, ConfigError
 from .data import DataError, ImageData
 from .data.stream import device_images
@@ -220,7 +220,7 @@ def _subset_data(data: ImageData, idx: torch.Tensor, name: str) -> ImageData:
 def _probs(model, x: torch.Tensor, data: ImageData, cfg: Config, device) -> np.ndarray:
     if len(x) == 0:
         return np.zeros((0, data.num_classes), np.float32)
-    bf16 = engine.use_bf16(cfg, device)  # as the Run that trained the model
+    bf16 = levers.use_bf16(cfg, device)  # as the Run that trained the model
     images = device_images(x, data.mean, data.std, device, cfg.channels_last and (device.type == "cuda" or bf16), cfg)
     logits, _ = engine.predict(model, images, cfg.eval_batch_size, bf16, features=False)
     return torch.softmax(logits.float(), 1).cpu().numpy()
@@ -403,6 +403,51 @@ def _report(cfg: Config, out_dir, data, noisy, resume: bool, progress) -> tuple:
     return cols, summary
 
 
+# ---------------------------------------------------------------- the settings of a report
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX bf16 units (where ``cpu_bf16`` was measured faster)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def issue_config(sets=(), n_images: int = 0, native_side: int | None = None, params=None, **changes) -> Config:
+    """The settings of a label-issue report, for ``hallnll fit-folder`` and :func:`find_label_issues`
+    alike: ``params`` (default: the shipped ``folder`` profile where the device is a GPU,
+    ``folder-cpu`` on a CPU) with the ``--set`` items ``sets`` and the keyword ``changes``; then,
+    for what neither sets: on a CPU with AMX units bf16 autocast (``cpu_bf16``), a batch size
+    that gives each run at least 10 steps per epoch on ``n_images`` (halved down to 16), and an
+    image size no larger than the images' ``native_side`` (a multiple of 4, the crop padding an
+    eighth of it)."""
+    from .config import load_config
+
+    sets = list(sets)
+    given = {s.split("=", 1)[0].strip() for s in sets} | set(changes)
+    if params is None:
+        dev = engine.resolve_device(load_config("folder", sets, **changes).device)
+        params = "folder" if dev.type == "cuda" else "folder-cpu"
+    cfg = load_config(params, sets, **changes)
+    out = {}
+    if "cpu_bf16" not in given and engine.resolve_device(cfg.device).type == "cpu" and cpu_has_amx():
+        out["cpu_bf16"] = True  # bf16 autocast on AMX units: 2.3x (docs/choices.md#cpu-bf16)
+    if "batch_size" not in given:
+        # a small set still gets at least 10 optimiser steps per epoch in each run
+        per_run = n_images * (cfg.label_folds - 1) // cfg.label_folds if cfg.label_folds else n_images
+        bs = cfg.batch_size
+        while bs > 16 and per_run < 10 * bs:
+            bs //= 2
+        if bs != cfg.batch_size:
+            out["batch_size"] = bs
+    if "image_size" not in given and native_side is not None:
+        native = native_side // 4 * 4
+        if 4 <= native < cfg.image_size:
+            out["image_size"] = native
+            if "crop_padding" not in given:
+                out["crop_padding"] = max(1, native // 8)
+    return cfg.replace(**out) if out else cfg
+
+
 # ---------------------------------------------------------------- arrays (the cleanlab habit)
 def _as_nchw(images, what: str) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(images))
@@ -428,16 +473,15 @@ def find_label_issues(images, labels, *, classes=None, test_images=None, test_la
     ``is_label_issue``, ``label_quality``, ``subset``), test images after the
     training ones. ``classes`` names the labels (default ``"0"``..).
 
-    The settings are ``params`` (default: the shipped ``folder`` profile on a
-    GPU, ``folder-cpu`` on a CPU) with ``overrides`` (``["epochs=20"]``) and
-    keyword settings (``epochs=20``). ``out_dir`` keeps the runs (resumable).
+    The settings are :func:`issue_config`'s, as for ``hallnll fit-folder``: ``params``
+    (default: the shipped ``folder`` profile on a GPU, ``folder-cpu`` on a CPU) with
+    ``overrides`` (``["epochs=20"]``) and keyword settings (``epochs=20``), the batch size
+    fitted to the number of images. ``out_dir`` keeps the runs (resumable).
     """
     try:
         import pandas as pd
     except ImportError:  # pragma: no cover - pandas is in the notebooks/dev extras
         raise ImportError("find_label_issues returns a pandas DataFrame: pip install pandas") from None
-    from .config import load_config
-
     x = _as_nchw(images, "images")
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)
     if len(y) != len(x):
@@ -459,10 +503,9 @@ def find_label_issues(images, labels, *, classes=None, test_images=None, test_la
             raise DataError(f"test images {tuple(xt.shape[1:])} differ in shape from the training images {tuple(x.shape[1:])}")
     else:
         xt, yt = x[:0], y[:0]
-    if params is None:
-        params = "folder" if engine.resolve_device(settings.get("device", "auto")).type == "cuda" else "folder-cpu"
-    cfg = load_config(params, list(overrides or []) + [f"image_size={int(x.shape[-1])}"], dataset="arrays",
-                      noise="none", **settings)
+    # the images as they are (no resize): their side is the image size
+    cfg = issue_config(overrides or [], len(x), None, params, **{"image_size": int(x.shape[-1]), "dataset": "arrays",
+                                                                 "noise": "none", **settings})
     data = ImageData("arrays", x, y, xt, yt, classes=list(map(str, classes)), train_labels_known=False)
     cols, _ = report(cfg, out_dir, data=data, noisy=y, progress=progress)
     return pd.DataFrame(cols)

@@ -11,7 +11,7 @@
   ``true_label`` when the clean labels are known. (The label-issue report,
   out of sample and with class names, is :mod:`hallnll.label_issues`.)
 
-(The plots of these files are in :mod:`hallnll.figures`.)
+(The plots of these files are in :mod:`hallnll.tools.figures`.)
 
 All writes are atomic (temporary file, then rename), so an interrupted run
 never leaves a half-written file. A checkpoint carries the SHA-256 of its
@@ -209,6 +209,85 @@ def selection_metrics(true: torch.Tensor | None, given: torch.Tensor, labeled_ma
         label_noise_rate=mean(~right_train),
     )
     return m
+
+
+def loss_row(losses: dict, sfx: str = "") -> dict:
+    """An SSL epoch's losses in the metrics row: ``l_ce``, ``l_mse`` and ``train_loss`` (Eq. 3's total)."""
+    row = {f"{k}{sfx}": float(v) for k, v in losses.items() if k != "loss"}
+    row[f"train_loss{sfx}"] = float(losses["loss"])
+    return row
+
+
+def hal_row(hal, sfx: str = "") -> dict:
+    """The hallucinator phase's mean L_hal and its two terms (Eq. 2)."""
+    return {f"hal_loss{sfx}": float(hal.loss), f"hal_closeness{sfx}": float(hal.closeness),
+            f"hal_ce{sfx}": float(hal.ce)}
+
+
+def ssl_row(losses: dict, hal, sel, true: torch.Tensor | None, given: torch.Tensor) -> dict:
+    """The SSL epoch's part of the metrics row for one network: its losses (:func:`loss_row`),
+    the hallucinator's (:func:`hal_row`, with ``hal``) and the selection's (:func:`selection_metrics`)."""
+    row = loss_row(losses)
+    if hal is not None:
+        row.update(hal_row(hal))
+    row.update(selection_metrics(true, given, sel.labeled_mask, sel.easy_mask, sel.clean_hard_mask, sel.train_labels))
+    return row
+
+
+def phase_seconds(seconds: dict) -> dict:
+    """The ``seconds`` of the metrics row: each timed phase and their total."""
+    return {**seconds, "total": sum(seconds.values())}
+
+
+@torch.no_grad()
+def selection_diagnostics(logits: torch.Tensor, feats: torch.Tensor, sel, hal, true: torch.Tensor | None,
+                          given: torch.Tensor, classifier, lambda_conf: float, lambda_p: float, seed: int) -> dict:
+    """What the labeled/unlabeled split and S_hal look like (metrics.jsonl keys).
+
+    ``logits``/``feats`` are the easiness pass's, ``sel`` the epoch's
+    :class:`hallnll.run.Selection`, ``hal`` its S_hal (or None):
+
+    - ``unlabeled_pred_acc`` (truth known): accuracy of the model's own
+      predictions on the unlabeled set, the basis of MixMatch's label
+      guesses there; ``target_acc``: share of all training samples whose
+      SSL target is right (label where labeled, prediction where not),
+      against ``1 - noise rate`` for cross-entropy on the given labels;
+    - ``anchor_valid_share``: share of anchors whose nearest hard feature
+      is at cosine >= lambda_conf (a valid representative, §3.3);
+      ``anchor_sim_q10/q50/q90``: quantiles of that nearest cosine;
+      ``real_pair_sim_q50``: median cosine of random pairs of real
+      training features (4096 pairs drawn from ``seed``), the level below
+      which lambda_conf filters nothing that chance would not already pass;
+    - ``hal_*``: where S_hal lies against its parents and g_rho (:func:`anchor_geometry`).
+    """
+    out: dict = {}
+    unl = ~sel.labeled_mask
+    if true is not None:
+        pred_right = logits.argmax(1) == true
+        if bool(unl.any()):
+            out["unlabeled_pred_acc"] = float(pred_right[unl].float().mean())
+        # what the SSL epoch trains towards, sample by sample: the (corrected)
+        # label where labeled, the model's own prediction (the basis of its
+        # guess) where not; to beat cross-entropy this must beat the given labels
+        target_right = torch.where(sel.labeled_mask, sel.train_labels == true, pred_right)
+        out["target_acc"] = float(target_right.float().mean())
+    if hal is not None and sel.hard is not None and len(sel.hard.similarity):
+        dev = feats.device
+        sim = sel.hard.similarity.float()
+        q = torch.quantile(sim, torch.tensor([0.1, 0.5, 0.9], device=sim.device))
+        out.update(anchor_valid_share=float((sim >= lambda_conf).float().mean()),
+                   anchor_sim_q10=float(q[0]), anchor_sim_q50=float(q[1]), anchor_sim_q90=float(q[2]))
+        g = torch.Generator(dev).manual_seed(seed)
+        n = len(feats)
+        i = torch.randint(0, n, (4096,), device=dev, generator=g)
+        j = torch.randint(0, n, (4096,), device=dev, generator=g)
+        pair = torch.nn.functional.cosine_similarity(feats[i].float(), feats[j].float(), dim=1)
+        out["real_pair_sim_q50"] = float(pair.median())
+        easy_idx = sel.easy_mask.nonzero().squeeze(1)
+        out.update(anchor_geometry(hal.anchors, hal.labels, hal.parents, feats[easy_idx], given[easy_idx],
+                                   classifier, lambda_p, float(feats.float().norm(dim=1).mean()),
+                                   sel.hard.nearest, len(sel.hard_index)))
+    return out
 
 
 def write_labels_csv(path, given, corrected, easiness, subset_codes, predicted, true=None, paths=None) -> None:

@@ -26,8 +26,10 @@ method              Alg. 1 / paper                    returns
 :meth:`Run.select` (lines 5-19) and :meth:`Run.epoch` compose them for the
 current epoch and ``cfg.variant`` (``ce``: cross-entropy throughout;
 ``gmm``/``easy``: no hallucination, no hard samples; ``hallnll``: the full
-method); :meth:`Run.epoch` builds the epoch's metrics row, in one place. :meth:`Run.state_dict` / :meth:`Run.load_state_dict` hold all that
-is needed to continue a run bit for bit; :func:`hallnll.train.fit` is a loop
+method); :meth:`Run.epoch` assembles the epoch's metrics row from the parts
+:mod:`hallnll.reporting` builds. The speed levers (:mod:`hallnll.levers`)
+wrap these steps without changing them. :meth:`Run.state_dict` /
+:meth:`Run.load_state_dict` hold all that is needed to continue a run bit for bit; :func:`hallnll.train.fit` is a loop
 over :meth:`Run.epoch` with checkpoints and outputs, and ``hallnll bench``,
 the figures and the notebooks call the same steps.
 """
@@ -42,16 +44,24 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import cotrain, distributed, engine, reporting, selection, ssl
+from . import cotrain, distributed, engine, levers, reporting, selection, ssl
 from .config import Config, ConfigError
 from .data import ImageData
 from .data.stream import balanced_draw, device_images
-from .hallucination import HallucinationResult, Hallucinator, StaticHalStep, hallucinate
+from .hallucination import HallucinationResult, Hallucinator, hallucinate
 from .models import build_model
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the message names epoch and phase."""
+
+
+class CheckpointError(ValueError):
+    """``checkpoint.pt`` cannot be resumed (unreadable, or made with other settings or labels)."""
+
+
+class OtherLabelsError(CheckpointError, TrainingError):
+    """A saved state made with other noisy labels than the run's (both a checkpoint and a training error)."""
 
 
 class Timer:
@@ -145,20 +155,33 @@ class Run:
     """
 
     def __init__(self, cfg: Config, data: ImageData, noisy: torch.Tensor, device=None):
+        cfg.validate()
         dev = engine.resolve_device(cfg.device) if device is None else torch.device(device)
-        self.bf16 = engine.use_bf16(cfg, dev)  # bf16 autocast here (CUDA, or the CPU with cpu_bf16)
-        cl = cfg.channels_last and (dev.type == "cuda" or self.bf16)
+        self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
+        self.bf16 = levers.use_bf16(cfg, dev)  # bf16 autocast (a lever: CUDA, or the CPU with cpu_bf16)
+        cl = levers.use_channels_last(cfg, dev, self.bf16)
+        # cfg.nets networks f_theta/g_rho, each with its hallucinator h_phi and their SGD optimisers
+        # (hallnll.cotrain; the attributes below are network 1's, cotrain.acting(run, k) makes network k the run's)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            built = []  # cfg.nets networks, each f_theta/g_rho then its h_phi (one network: the draws as always)
+            built = []  # each network, then its h_phi (one network: the draws as always)
             for _ in range(cfg.nets):
                 m = build_model(cfg.arch, data.num_classes, data.in_channels, cfg.pretrained, cfg.width).to(dev)
                 built.append((m, Hallucinator(m.feature_dim, cfg.hal_hidden, cfg.hal_out_relu, cfg.hal_skip,
                                               cfg.hal_norm, cfg.lambda_p).to(dev)))
-            model, self.hal = built[0]
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        self.cfg, self.device, self.num_classes = cfg, dev, data.num_classes
+        self.nets = []
+        for m, h in built:
+            m = levers.memory_format(m, cl)
+            # h_phi's optimiser: SGD with the model's momentum and weight decay, lr hal_lr or lr
+            self.nets.append(cotrain.Net(
+                m, m, h, engine.make_optimizer(m.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl),
+                engine.make_optimizer(h.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
+                                      cfg.sgd_impl)))
+        net = self.nets[0]
+        self.model, self.train_model, self.hal, self.opt, self.hal_opt = \
+            net.model, net.train_model, net.hal, net.opt, net.hal_opt
+        # what is evaluated: the model, or the sum of both networks' logits (DivideMix's test())
+        self.eval_model = self.model if len(self.nets) == 1 else cotrain.Ensemble([n.model for n in self.nets])
         # resident uint8 on the device, or streamed from disk per batch (ImagePaths: hallnll.data.stream)
         self.train_x = device_images(data.x_train, data.mean, data.std, dev, cl, cfg, cfg.seed)
         self.test_x = device_images(data.x_test, data.mean, data.std, dev, cl, cfg, cfg.seed + 1)
@@ -170,44 +193,18 @@ class Run:
                                                                    cfg.seed + 2)
         self.y_val = None if data.y_val is None else data.y_val.to(dev)
         self.draw: Optional[torch.Tensor] = None  # the training indices of this epoch's draw (Config.epoch_batches)
-        self.model = model
-        # the compile levers (Config.compile, compile_step): compiled steps get the plain model and compile it inside
-        comp = (cfg.compile or cfg.compile_step) and engine.compile_active(dev, cfg.compile_backend)
-        # streamed images are decoded by DataLoader workers, which a compiled step cannot hold: the model alone
-        step = cfg.compile_step and not data.streamed
-        compile_model = comp and (cfg.compile or cfg.compile_step) and not step
-        self.train_model = engine.compiled(model, cfg.compile_mode, cfg.compile_backend) if compile_model else model
+        # the step losses: None runs the eager engine.ce_loss / ssl.mixmatch_loss (compile_step replaces them)
+        self.ce_loss = self.mixmatch_loss = None
+        self.mixmatch = ssl.MixMatchSettings.of(cfg)  # what ssl.ssl_epoch reads of cfg
+        self.hal_step: Optional[levers.StaticHalStep] = None  # hal_graph: built at the first hallucination phase
+        levers.compile_run(self, data.streamed)  # compile / compile_step (hallnll.levers)
         # DDP under torchrun (hallnll.distributed): gradients averaged over the ranks, each on its part of a batch
         self.part = distributed.batch_part()
         if self.part is not None:
             if cfg.nets > 1:
                 raise ConfigError("nets=2 under torchrun (DDP) is not built yet: run the co-trained networks in one "
                                   "process, or nets=1 over several")
-            self.train_model = distributed.wrap(model)
-        self.ce_loss = engine.compiled(engine.ce_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and step else None
-        self.mixmatch_loss = engine.compiled(ssl.mixmatch_loss, cfg.compile_mode, cfg.compile_backend) \
-            if comp and step else None
-        if self.ce_loss is not None:  # tensors the compiled steps read whole: CUDA graphs must not copy them
-            for t in (self.train_x.x, self.train_x.mean, self.train_x.std, self.given):
-                torch._dynamo.mark_static_address(t)
-        self.opt = engine.make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl)
-        # h_phi's optimiser: SGD with the model's momentum and weight decay, lr hal_lr or lr
-        self.hal_opt = engine.make_optimizer(self.hal.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
-                                             cfg.sgd_impl)
-        self.hal_step: Optional[StaticHalStep] = None  # Config.hal_graph: built at the first hallucination phase
-        # Config.nets: the networks of the run (hallnll.cotrain); the attributes above are network 1's,
-        # and cotrain.acting(run, k) makes network k the run's while a step runs
-        self.nets = [cotrain.Net(self.model, self.train_model, self.hal, self.opt, self.hal_opt)]
-        for m, h in built[1:]:
-            m = m.to(memory_format=torch.channels_last) if cl else m
-            self.nets.append(cotrain.Net(
-                m, engine.compiled(m, cfg.compile_mode, cfg.compile_backend) if compile_model else m, h,
-                engine.make_optimizer(m.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.sgd_impl),
-                engine.make_optimizer(h.parameters(), cfg.hal_lr or cfg.lr, cfg.momentum, cfg.weight_decay,
-                                      cfg.sgd_impl)))
-        # what is evaluated: the model, or the sum of both networks' logits (DivideMix's test())
-        self.eval_model = self.model if len(self.nets) == 1 else cotrain.Ensemble([n.model for n in self.nets])
+            self.train_model = self.nets[0].train_model = distributed.wrap(self.model)
         self.gen = torch.Generator(dev).manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.timer = Timer(dev)
@@ -226,7 +223,8 @@ class Run:
         cfg = self.cfg
         penalty = 0.0 if cfg.variant == "ce" else cfg.warmup_entropy_penalty
         with self.timer.phase("warmup"):
-            return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt, cfg.batch_size, self.gen,
+            return engine.ce_epoch(self.train_model, self.train_x, self.given, self.opt,
+                                   cfg.warmup_batch_size or cfg.batch_size, self.gen,
                                    cfg.crop_padding, cfg.hflip, self.bf16, loss_fn=self.ce_loss,
                                    entropy_penalty=penalty, part=self.part)
 
@@ -261,7 +259,7 @@ class Run:
             batch = cfg.hal_batch_size or cfg.batch_size
             iters = cfg.hal_iters or engine.num_iters(len(self.given), batch)
             if cfg.hal_graph and self.hal_step is None:
-                self.hal_step = StaticHalStep(self.hal, self.hal_opt, self.model.classifier, batch, cfg.lambda_p,
+                self.hal_step = levers.StaticHalStep(self.hal, self.hal_opt, self.model.classifier, batch, cfg.lambda_p,
                                               self.device)
             return hallucinate(self.hal, self.hal_opt, self.model.classifier, feats[easy_idx], self.given[easy_idx],
                                self.num_classes, iters, batch, cfg.lambda_p, self.gen, static_step=self.hal_step)
@@ -300,14 +298,14 @@ class Run:
             unl_idx = (~labeled).nonzero().squeeze(1)
             iters = engine.num_iters(len(lab_idx), cfg.batch_size)
             return ssl.ssl_epoch(self.train_model, self.opt, self.train_x, lab_idx, sel.train_labels[lab_idx],
-                                 sel.weights[lab_idx], unl_idx, self.num_classes, cfg, self.epochs_done, self.gen,
+                                 sel.weights[lab_idx], unl_idx, self.num_classes, self.mixmatch, self.epochs_done, self.gen,
                                  self.rng, iters, loss_fn=self.mixmatch_loss, bf16=self.bf16, part=self.part,
                                  peer=peer)
 
     def recalibrate_bn(self) -> None:
         """After a training epoch: re-estimate the BatchNorm statistics on
         ``cfg.bn_recal_images`` augmented, un-mixed training images under the
-        final weights of the epoch (see ``Config.bn_recal_images`` for why).
+        final weights of the epoch (why: docs/choices.md#bn-recal).
 
         Draws from a generator of its own, seeded by (seed, epoch), so the
         training stream of batches and augmentations is the same with or
@@ -357,51 +355,12 @@ class Run:
 
     # ------------------------------------------------------------ diagnostics
     def selection_diagnostics(self, ez: Easiness, sel: Selection, hal: Optional[HallucinationResult]) -> dict:
-        """What the labeled/unlabeled split and S_hal look like (metrics.jsonl keys).
-
-        - ``unlabeled_pred_acc`` (truth known): accuracy of the model's own
-          predictions on the unlabeled set, the basis of MixMatch's label
-          guesses there; ``target_acc``: share of all training samples whose
-          SSL target is right (label where labeled, prediction where not),
-          against ``1 - noise rate`` for cross-entropy on the given labels;
-        - ``anchor_valid_share``: share of anchors whose nearest hard feature
-          is at cosine >= lambda_conf (a valid representative, §3.3);
-          ``anchor_sim_q10/q50/q90``: quantiles of that nearest cosine;
-          ``real_pair_sim_q50``: median cosine of random pairs of real
-          training features, the level below which lambda_conf filters
-          nothing that chance would not already pass;
-        - ``hal_*``: where S_hal lies against its parents and g_rho
-          (:func:`hallnll.reporting.anchor_geometry`).
-        """
-        out: dict = {}
+        """What the labeled/unlabeled split and S_hal look like (metrics.jsonl keys,
+        :func:`hallnll.reporting.selection_diagnostics`)."""
         with self.timer.phase("diagnostics"):
-            unl = ~sel.labeled_mask
-            if self.true is not None:
-                pred_right = ez.logits.argmax(1) == self.true
-                if bool(unl.any()):
-                    out["unlabeled_pred_acc"] = float(pred_right[unl].float().mean())
-                # what the SSL epoch trains towards, sample by sample: the (corrected)
-                # label where labeled, the model's own prediction (the basis of its
-                # guess) where not; to beat cross-entropy this must beat the given labels
-                target_right = torch.where(sel.labeled_mask, sel.train_labels == self.true, pred_right)
-                out["target_acc"] = float(target_right.float().mean())
-            if hal is not None and sel.hard is not None and len(sel.hard.similarity):
-                sim = sel.hard.similarity.float()
-                q = torch.quantile(sim, torch.tensor([0.1, 0.5, 0.9], device=sim.device))
-                out.update(anchor_valid_share=float((sim >= self.cfg.lambda_conf).float().mean()),
-                           anchor_sim_q10=float(q[0]), anchor_sim_q50=float(q[1]), anchor_sim_q90=float(q[2]))
-                g = torch.Generator(self.device).manual_seed(self.cfg.seed)
-                n = len(ez.feats)
-                i = torch.randint(0, n, (4096,), device=self.device, generator=g)
-                j = torch.randint(0, n, (4096,), device=self.device, generator=g)
-                pair = torch.nn.functional.cosine_similarity(ez.feats[i].float(), ez.feats[j].float(), dim=1)
-                out["real_pair_sim_q50"] = float(pair.median())
-                easy_idx = sel.easy_mask.nonzero().squeeze(1)
-                out.update(reporting.anchor_geometry(
-                    hal.anchors, hal.labels, hal.parents, ez.feats[easy_idx], self.given[easy_idx],
-                    self.model.classifier, self.cfg.lambda_p, float(ez.feats.float().norm(dim=1).mean()),
-                    sel.hard.nearest, len(sel.hard_index)))
-        return out
+            return reporting.selection_diagnostics(ez.logits, ez.feats, sel, hal, self.true, self.given,
+                                                   self.model.classifier, self.cfg.lambda_conf, self.cfg.lambda_p,
+                                                   self.cfg.seed)
 
     def bn_diagnostics(self) -> dict:
         """Test accuracy with BatchNorm's batch statistics (``test_acc_batch_bn``):
@@ -410,6 +369,12 @@ class Run:
             acc = engine.accuracy_batch_stats(self.eval_model, self.test_x, self.y_test, self.cfg.eval_batch_size,
                                               self.bf16)
         return {"test_acc_batch_bn": float(acc)}
+
+    def running_bn_diagnostics(self) -> dict:
+        """Test accuracy with the running averages, before their re-estimation (``test_acc_running_bn``)."""
+        with self.timer.phase("diagnostics"):
+            return {"test_acc_running_bn": float(engine.accuracy(self.eval_model, self.test_x, self.y_test,
+                                                                 self.cfg.eval_batch_size, self.bf16))}
 
     # ------------------------------------------------------------ one epoch
     def select(self) -> tuple:
@@ -436,27 +401,30 @@ class Run:
         to :attr:`history` and return it. Raises :class:`TrainingError` on a
         non-finite loss (the run's state is then not to be saved). Runs in
         cuDNN benchmark mode where ``cfg.cudnn_benchmark`` (CUDA)."""
-        with engine.cudnn_benchmark(self.cfg.cudnn_benchmark, self.device):
+        with levers.cudnn_benchmark(self.cfg.cudnn_benchmark, self.device):
             return self._epoch()
 
     def _epoch(self) -> dict:
-        cfg, t = self.cfg, self.epochs_done
+        t = self.epochs_done
         self.timer.reset()
-        lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
-        for net in self.nets:
-            engine.set_lr(net.opt, lr)
-            engine.set_lr(net.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
-        # the metrics row: every key of metrics.jsonl is set here
-        row: dict = {"epoch": t + 1, "lr": lr}
+        row: dict = {"epoch": t + 1, "lr": self.set_lr()}  # the metrics row (its parts: hallnll.reporting)
         with self.drawn():
-            self._train_epoch(row)
+            row.update(self._train_epoch())  # Alg. 1 lines 2-3 (warm-up), or 5-23 (selection, SSL)
+        row.update(self._after_training())  # BatchNorm re-estimated, then the accuracies
+        row["seconds"] = reporting.phase_seconds(self.timer.seconds)
+        self.history.append(row)
+        self.epochs_done = t + 1
+        return row
+
+    def _after_training(self) -> dict:
+        """After the epoch's training: BatchNorm re-estimated (every network, on the epoch's
+        draw), validation and test accuracy, and the BatchNorm diagnostics around them."""
+        cfg, row = self.cfg, {}
         if cfg.epoch_batches:
             row["n_drawn"] = len(self.draw)
         has_test = len(self.y_test) > 0  # no test set: a user's folder without a test CSV
         if cfg.diagnostics and cfg.bn_recal_images and has_test:
-            with self.timer.phase("diagnostics"):  # the running averages, before their re-estimation
-                row["test_acc_running_bn"] = float(engine.accuracy(self.eval_model, self.test_x, self.y_test,
-                                                                   cfg.eval_batch_size, self.bf16))
+            row.update(self.running_bn_diagnostics())
         with self.drawn(1):  # re-estimated on the epoch's draw (the same images: seeded by the epoch)
             for k in range(len(self.nets)):
                 with cotrain.acting(self, k):
@@ -466,37 +434,43 @@ class Run:
         row["test_acc"] = float(self.evaluate()) if has_test else None
         if cfg.diagnostics and has_test:
             row.update(self.bn_diagnostics())
-        row["seconds"] = {**self.timer.seconds, "total": sum(self.timer.seconds.values())}
-        self.history.append(row)
-        self.epochs_done = t + 1
         return row
 
-    def _train_epoch(self, row: dict) -> None:
-        """The training part of the epoch (warm-up, or selection and SSL) on :meth:`drawn`'s set."""
+    def set_lr(self) -> float:
+        """The paper's step schedule at this epoch, for every network and its h_phi; the model's rate."""
+        cfg, t = self.cfg, self.epochs_done
+        lr = engine.step_lr(cfg.lr, t, cfg.lr_decay_epoch)
+        for net in self.nets:
+            engine.set_lr(net.opt, lr)
+            engine.set_lr(net.hal_opt, engine.step_lr(cfg.hal_lr or cfg.lr, t, cfg.lr_decay_epoch))
+        return lr
+
+    def _train_epoch(self) -> dict:
+        """The training part of the epoch on :meth:`drawn`'s set: a warm-up epoch, or the
+        selection and the SSL epoch; their part of the metrics row."""
         cfg = self.cfg
         if len(self.nets) > 1:
-            return cotrain.train_epoch(self, row)
+            return cotrain.train_epoch(self)
         if self.in_warmup:
-            row["phase"] = "ce" if cfg.variant == "ce" else "warmup"
-            row["train_loss"] = float(self.warmup_epoch())
+            row = {"phase": "ce" if cfg.variant == "ce" else "warmup", "train_loss": float(self.warmup_epoch())}
             self._check_finite(row["train_loss"], row["phase"])
-        else:
-            row["phase"] = "ssl"
-            ez, sel, hal = self.select()
-            losses = self.ssl_epoch(sel)
-            row.update({k: float(v) for k, v in losses.items()})
-            row["train_loss"] = row.pop("loss")
-            if hal is not None:
-                row.update(hal_loss=float(hal.loss), hal_closeness=float(hal.closeness), hal_ce=float(hal.ce))
-                self._check_finite(row["hal_loss"], "hallucination")
-            self._check_finite(row["train_loss"], "ssl")
-            row.update(reporting.selection_metrics(self.true, self.given, sel.labeled_mask, sel.easy_mask,
-                                                   sel.clean_hard_mask, sel.train_labels))
-            if cfg.diagnostics:
-                row.update(self.selection_diagnostics(ez, sel, hal))
-            # the label report covers the whole training set: a drawn epoch's selection does not
-            self.last = sel.state() if not cfg.epoch_batches else {}
-            self.last_anchors = anchor_set(hal, sel) if hal is not None else None
+            return row
+        ez, sel, hal = self.select()  # lines 5-19
+        losses = self.ssl_epoch(sel)  # lines 20-23
+        row = {"phase": "ssl", **reporting.ssl_row(losses, hal, sel, self.true, self.given)}
+        if hal is not None:
+            self._check_finite(row["hal_loss"], "hallucination")
+        self._check_finite(row["train_loss"], "ssl")
+        if cfg.diagnostics:
+            row.update(self.selection_diagnostics(ez, sel, hal))
+        self.keep(sel, hal)
+        return row
+
+    def keep(self, sel: Selection, hal: Optional[HallucinationResult]) -> None:
+        """The last selection (the label report covers the whole training set: a drawn
+        epoch's selection does not) and S_hal of the last epoch."""
+        self.last = sel.state() if not self.cfg.epoch_batches else {}
+        self.last_anchors = anchor_set(hal, sel) if hal is not None else None
 
     def _check_finite(self, value: float, phase: str) -> None:
         if not math.isfinite(value):
@@ -519,7 +493,9 @@ class Run:
     def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
         """Continue from :meth:`state_dict`; refuses a state made with other noisy labels."""
         if not torch.equal(state["noisy"].cpu(), self.given.cpu()):
-            raise TrainingError(f"{source} was made with other noisy labels; use another --out or delete it")
+            raise OtherLabelsError(f"{source} was made with other labels than these (other noisy labels: the data "
+                                   f"or its CSV changed); use another --out, or --no-resume (resume=False) to start "
+                                   f"over in this folder")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.hal.load_state_dict(state["hal"])

@@ -22,12 +22,36 @@ is added (weight ``lambda_prior``; 0 switches it off).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data.gpu import augment_draws
 from .engine import autocast, to_device
+
+
+@dataclass(frozen=True)
+class MixMatchSettings:
+    """What one MixMatch epoch reads of the run's settings (:class:`hallnll.config.Config`'s fields
+    of the same names): the batch and its augmentation, T, alpha, lambda_MSE and its ramp-up, the
+    prior penalty."""
+
+    batch_size: int
+    crop_padding: int
+    hflip: bool
+    sharpen_t: float
+    mixup_alpha: float
+    lambda_mse: float
+    warmup_epochs: int
+    rampup_epochs: int
+    lambda_prior: float
+
+    @classmethod
+    def of(cls, cfg) -> "MixMatchSettings":
+        """The settings of ``cfg`` (a Config, or anything with these attributes)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 def sharpen(p: torch.Tensor, t: float) -> torch.Tensor:
@@ -122,13 +146,14 @@ def mixmatch_loss(model, images, il: torch.Tensor, iu, draws: list, y_l: torch.T
 
 
 def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tensor, lab_w: torch.Tensor,
-              unl_idx: torch.Tensor, num_classes: int, cfg, epoch: int, generator, rng: np.random.Generator,
-              iters: int, loss_fn=None, bf16: bool | None = None, part=None, peer=None) -> dict:
+              unl_idx: torch.Tensor, num_classes: int, mm: MixMatchSettings, epoch: int, generator,
+              rng: np.random.Generator, iters: int, loss_fn=None, bf16: bool = False, part=None, peer=None) -> dict:
     """One classification phase of Alg. 1 (lines 20-23): ``iters`` MixMatch steps.
 
     ``lab_idx``/``unl_idx`` index the training images; ``lab_labels`` are the
     (corrected) labels and ``lab_w`` the refinement weights of the labeled
-    samples. Every step takes ``batch_size`` labeled and ``batch_size``
+    samples; ``mm`` the settings it reads (:class:`MixMatchSettings`), ``epoch``
+    the run's epoch (the ramp-up of lambda_MSE). Every step takes ``batch_size`` labeled and ``batch_size``
     unlabeled images (index streams reshuffled every pass and long enough for
     all steps), so every step has the same shape. ``loss_fn`` replaces
     :func:`mixmatch_loss` (its compiled version): it then gets ``lam`` and
@@ -142,13 +167,9 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
     targets. Returns 0-dim device tensors (mean loss, L_CE, L_MSE).
     """
     dev = images.device
-    bs = cfg.batch_size
+    bs = mm.batch_size
     n_l, n_u = len(lab_idx), len(unl_idx)
-    pad, flip = cfg.crop_padding, cfg.hflip
-    if bf16 is None:  # the caller did not decide: bf16 where cfg asks for it on this device
-        from .engine import use_bf16
-
-        bf16 = use_bf16(cfg, dev)
+    pad, flip = mm.crop_padding, mm.hflip
 
     def stream(n):  # indices 0..n-1, reshuffled every pass, enough for all iterations
         reps = -(-iters * bs // max(n, 1))
@@ -157,20 +178,21 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
     pl = stream(n_l)
     pu = stream(n_u) if n_u > 0 else None
     # mixup coefficients of all steps (the same numbers as one draw per step) and the L_MSE ramp-up
-    lams = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, size=iters)
+    lams = rng.beta(mm.mixup_alpha, mm.mixup_alpha, size=iters)
     lams = np.maximum(lams, 1 - lams)
-    lambda_us = [cfg.lambda_mse * rampup(epoch + it / iters, cfg.warmup_epochs, cfg.rampup_epochs) for it in range(iters)]
+    lambda_us = [mm.lambda_mse * rampup(epoch + it / iters, mm.warmup_epochs, mm.rampup_epochs) for it in range(iters)]
     if loss_fn is not None:  # one copy per epoch, asynchronous from pinned memory on CUDA
         lam_t, lu_t = (to_device(torch.tensor(v, dtype=dt), dev) for v, dt in ((lams, torch.float64),
                                                                               (lambda_us, torch.float32)))
     tot = torch.zeros(3, device=dev)
     model.train()
     if images.streamed:  # the workers decode each step's labeled and unlabeled batch ahead, two views each
+        mine = (lambda b: b[part(len(b))]) if part is not None else (lambda b: b)  # noqa: E731  DDP: this rank's part
         plan = []
         for it in range(iters):
-            plan.append(lab_idx[pl[it * bs:(it + 1) * bs]])
+            plan.append(mine(lab_idx[pl[it * bs:(it + 1) * bs]]))
             if pu is not None:
-                plan.append(unl_idx[pu[it * bs:(it + 1) * bs]])
+                plan.append(mine(unl_idx[pu[it * bs:(it + 1) * bs]]))
         images.plan(plan, train=True, views=2)
     if peer is not None:
         peer.eval()
@@ -194,11 +216,11 @@ def ssl_epoch(model, opt, images, lab_idx: torch.Tensor, lab_labels: torch.Tenso
             perm = perm[:2 * len(il) + (2 * len(iu) if iu is not None else 0)].argsort()
         if loss_fn is None:
             loss, l_ce, l_mse = mixmatch_loss(model, images, il, iu, draws, y_l, w_l, float(lams[it]),
-                                              perm, lambda_us[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16,
+                                              perm, lambda_us[it], num_classes, mm.sharpen_t, mm.lambda_prior, pad, bf16,
                                               peer=peer)
         else:
             loss, l_ce, l_mse = loss_fn(model, images, il, iu, draws, y_l, w_l, lam_t[it], perm,
-                                        lu_t[it], num_classes, cfg.sharpen_t, cfg.lambda_prior, pad, bf16, peer=peer)
+                                        lu_t[it], num_classes, mm.sharpen_t, mm.lambda_prior, pad, bf16, peer=peer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -43,7 +43,7 @@ from .config import GENERATED_NOISE, LEGACY_VALUES, RESULT_FREE, Config, inert_s
 from .data import ImageData, load_dataset
 from .noise import make_noisy_labels, report, save_label_csv
 from .lock import folder_lock
-from .run import Run, TrainingError
+from .run import CheckpointError, Run, TrainingError
 
 __all__ = ["RunResult", "TrainingError", "CheckpointError", "prepare", "fit", "cpu_threads", "WARMUP_FREE"]
 
@@ -63,10 +63,6 @@ class RunResult:
 #: what a run writes into its folder, in the order ``resume=False`` removes them (the checkpoint last)
 RUN_OUTPUTS = ("summary.json", "labels.csv", "metrics.jsonl", "noisy_labels.csv", "noise_report.txt",
                "config.yaml", "checkpoint.pt")
-
-
-class CheckpointError(ValueError):
-    """``checkpoint.pt`` cannot be resumed (unreadable, or made with other settings or labels)."""
 
 
 @contextlib.contextmanager
@@ -271,10 +267,7 @@ def _fit(cfg: Config, out_dir, data, noisy, resume: bool, progress: bool, warm_s
     run = Run(cfg, data, noisy, dev)
     wall_before = 0.0
     if state is not None:
-        if not torch.equal(state["noisy"], noisy):
-            raise CheckpointError(f"{str(ckpt)!r} was made with other labels (the data or its CSV changed); "
-                                  f"use another --out, or --no-resume (resume=False) to start over")
-        run.load_state_dict(state, str(ckpt))
+        run.load_state_dict(state, str(ckpt))  # refuses a state made with other labels
         wall_before = float(state.get("wall_seconds", 0.0))
         if run.epochs_done < cfg.epochs:
             _say(f"resuming {out} from epoch {run.epochs_done} of {cfg.epochs}")

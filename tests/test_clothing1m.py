@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hallnll import cli
+from hallnll.tools import cli
 from hallnll.config import ConfigError, load_config
 from hallnll.data import DataError
 from hallnll.data.clothing1m import load_clothing1m, write_synthetic_tree
@@ -102,6 +102,47 @@ def test_streamed_batches_do_not_depend_on_workers_and_match_the_transforms(tree
     _, x = next(iter(a.iter_batches(8)))
     want = torch.stack([ref(Image.open(data.x_train.path(i)).convert("RGB")) for i in range(8)])
     assert x.shape == (8, 3, 32, 32) and float((x - want).abs().mean()) < 0.05
+
+
+def test_jpeg_bytes_decoded_by_decode_jpeg_match_the_workers_and_pil(tree, tmp_path):
+    # jpeg_decode: the device's decoder (nvJPEG) is chosen on CUDA only; on the CPU the bytes path
+    # (workers read the files, torchvision.io.decode_jpeg decodes the batch) is testable as it is
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from hallnll.data.stream import decode, decode_batch, device_images, jpeg_decoder
+
+    assert [jpeg_decoder("auto", d) for d in ("cpu", torch.device("cuda"), "cuda:1")] == ["workers", "device", "device"]
+    assert jpeg_decoder("workers", "cuda") == "workers" and jpeg_decoder("device", "cpu") == "device"
+    data = load_clothing1m(tree[0], crop=32, resize=36)
+    cfg = load_config("clothing1m", TINY)
+    assert cfg.jpeg_decode == "auto" and device_images(data.x_test, data.mean, data.std, "cpu", False, cfg).decoder == "workers"
+    with pytest.raises(ConfigError, match="jpeg_decode"):
+        load_config("clothing1m", TINY + ["jpeg_decode=gpu"])
+    # levels of 255: mean 0 / std 1/255 leaves the pixels as they are
+    a = StreamImages(data.x_train, (0, 0, 0), (1 / 255,) * 3, "cpu", workers=1, seed=5, decoder="device")
+    b = StreamImages(data.x_train, (0, 0, 0), (1 / 255,) * 3, "cpu", workers=0, seed=5)
+    batches = [torch.arange(16 * i, 16 * i + 16) for i in range(2)]
+    a.plan(batches, train=True, views=2)
+    b.plan(batches, train=True, views=2)
+    for idx in batches:  # the same crops and flips; on the CPU the same library decodes: identical pixels
+        assert all(torch.equal(a.augmented(idx, None), b.augmented(idx, None)) for _ in range(2))
+    idx = torch.tensor([3, 1, 4])  # a request that was not planned: decoded in this process, the same way
+    assert torch.equal(a.batch(idx), b.batch(idx))
+    # evaluation against DivideMix's transform_test on PIL: within 1 level of 255 (resampling rounding)
+    _, x = next(iter(a.iter_batches(32)))
+    ref = T.Compose([T.Resize(36), T.CenterCrop(32), T.PILToTensor()])
+    want = torch.stack([ref(Image.open(data.x_train.path(i)).convert("RGB")) for i in range(32)]).float()
+    assert float((x - want).abs().max()) <= 1.0 and float((x - want).abs().mean()) < 0.05
+    # a file that is not a JPEG (a user's PNG) is decoded on the CPU beside the batch's JPEGs
+    from torchvision.io import read_file
+
+    png = tmp_path / "x.png"
+    Image.open(data.x_train.path(0)).convert("RGB").save(png)
+    paths = [str(png), data.x_train.path(1)]
+    got = decode_batch([read_file(p) for p in paths], "cpu", 32, 36, "dividemix", True, 2, seed=7)
+    gen = torch.Generator().manual_seed(7)
+    assert torch.equal(got, torch.stack([decode(p, 32, 36, "dividemix", True, 2, gen) for p in paths], 1))
 
 
 def test_balanced_draw_is_dividemix_sampling():
@@ -203,3 +244,25 @@ def test_two_co_trained_networks_run_and_write_their_outputs(tree, tmp_path, var
 def test_dividemix_needs_two_networks(capsys, tmp_path):
     rc = cli.main(["train", "digits-quick", "--set", "variant=dividemix", "--out", str(tmp_path / "r")])
     assert rc == 2 and "set nets=2" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_streamed_clothing1m_runs_under_torchrun_with_two_ranks(tree, tmp_path):
+    # torchrun --standalone --nproc_per_node 2 (gloo): each rank's workers decode its part of every
+    # global batch and its shard of every global step; rank 0 writes (the checks: tests/ddp_stream_check.py)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "tests" / "ddp_stream_check.py"), str(tree[0]), str(out)]
+    p = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "ddp_stream_check: shards 140+140 of 280" in p.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["best_val_epoch"] in (1, 2) and "test_acc_at_best_val" in summary
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["warmup", "ssl"] and (out / "labels.csv").is_file()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hallnll import cli, jobs
+from hallnll.tools import cli, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = str(ROOT / "params" / "digits-quick.yaml")
@@ -173,7 +173,7 @@ def test_reproduce_table5_on_slurm_gives_the_process_table(slurm, table5_quick, 
     --executor process table of the same settings: conftest.table5_quick (shared with test_reproduce)."""
     import csv
 
-    from hallnll import reproduce
+    from hallnll.tools import reproduce
 
     from conftest import table5_args
 

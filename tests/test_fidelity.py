@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from hallnll import fidelity, load_config
+from hallnll import load_config
+from hallnll.tools import fidelity
 from hallnll.data import DeviceImages
 from hallnll.engine import accuracy, accuracy_batch_stats, recalibrate_bn
 from hallnll.models import build_model
@@ -126,7 +127,7 @@ def test_reference_tables_are_read_and_checked_against_ce_and_gmm(tmp_path):
     gmm = got["clean: gmm at or above DivideMix's own loop, one network (tolerance 2.0 points)"]
     assert ce[0] is True and "60.00 vs 61.00" in ce[1]  # 1 point below: within the tolerance
     assert gmm[0] is False and "62.00 vs 66.00" in gmm[1]  # 4 points below: a fault
-    assert "| clean  | one network   | 2/2    | 66.00  | 66.00  | clean-1.json |" in text
+    assert "| clean  | one network   | 1     | 2/2    | 66.00  | 66.00  | -         | -              | clean-1.json |" in text
     # a grid cut short in its warm-up: gmm has no MixMatch epoch to compare yet, ce has
     short = {("clean", "ce"): fidelity.Cell("clean", "ce", [_hist([0.5], "ce")], planned=2),
              ("clean", "gmm"): fidelity.Cell("clean", "gmm", [[{"epoch": 1, "phase": "warmup", "test_acc": 0.5}]],
@@ -140,6 +141,44 @@ def test_reference_tables_are_read_and_checked_against_ce_and_gmm(tmp_path):
         fidelity.read_reference(empty)
     with pytest.raises(fidelity.ConfigError, match="not a folder"):
         fidelity.read_reference(tmp_path / "missing")
+
+
+def test_dividemix_cell_runs_in_the_grid_and_is_checked_for_agreement_with_the_two_network_loop(tmp_path):
+    # the grid's dividemix cell (two networks) on digits, 1 warm-up + 1 MixMatch epoch
+    sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=0", "checkpoint_every=0", "noise=none"]
+    job, = fidelity.plan("digits-quick", sets, tmp_path, variants=("dividemix",), labels=("clean",))
+    assert job.config().nets == 2 and job.config().variant == "dividemix"
+    ref = tmp_path / "ref"
+    ref.mkdir()
+
+    def table(name, nets, seed, accs, labeled=None):
+        rows = [{"epoch": i + 1, "test_acc": a} for i, a in enumerate(accs)]
+        if labeled:
+            rows[-1].update(labeled=labeled[0], labeled_precision=labeled[1])
+        args = {"labels": "clean", "nets": nets, "epochs": len(accs), "seed": seed}
+        (ref / name).write_text(json.dumps({"args": args, "rows": rows}))
+
+    table("clean-2-seed0.json", 2, 0, [50.0, 70.0], (900, 0.98))
+    table("clean-2-seed1.json", 2, 1, [50.0, 74.0], (1000, 0.96))
+    r = fidelity.read_reference(ref)[("clean", 2)]  # the two tables of one loop are its seeds
+    assert r["seeds"] == 2 and r["per_epoch"] == pytest.approx([0.5, 0.72]) and r["last_std"] == pytest.approx(0.0283, abs=1e-4)
+    assert r["labeled"] == 950 and r["labeled_precision"] == pytest.approx(0.97)
+    rep = fidelity.run("digits-quick", sets, tmp_path, variants=("dividemix",), labels=("clean",), reference=ref,
+                       log=lambda *a: None)
+    assert not rep["failed"]
+    (s,) = rep["summaries"]
+    assert (s["variant"], s["epochs"], s["phases"]) == ("dividemix", 2, ["warmup", "ssl"]) and s["n_labeled"] > 0
+    (check,) = rep["reference_checks"]
+    assert check["check"].startswith("clean: dividemix agrees with DivideMix's own loop, two networks")
+    ours = s["last"]
+    assert check["holds"] is (abs(ours - 0.72) <= 0.0283) and "seed spread 2.83" in check["detail"]
+    text = (tmp_path / "fidelity.md").read_text()
+    assert "| clean  | two networks (DivideMix) | 2     | 2/2    | 72.00 ± 2.83 | 72.00 ± 2.83 | 950 " in text
+    # the agreement check itself, on made-up cells: within the spread holds, outside it does not
+    for accs, holds in (([0.5, 0.71], [0.5, 0.74]), True), (([0.5, 0.60], [0.5, 0.62]), False):
+        cells = {("clean", "dividemix"): fidelity.Cell("clean", "dividemix", [_hist(accs[0]), _hist(accs[1])])}
+        _, rep = fidelity.format_report(cells, "", reference=fidelity.read_reference(ref))
+        assert [c["holds"] for c in rep["reference_checks"]] == [holds]
 
 
 def test_a_grid_cut_short_is_compared_at_the_epoch_both_cells_reached():
@@ -183,7 +222,7 @@ def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
     (ref / "clean-1.json").write_text(json.dumps({"args": {"labels": "clean", "nets": 1, "epochs": 2}, "rows": rows}))
     argv = ["fidelity", "--params", "digits-quick", "--out", str(tmp_path), "--variants", "ce,gmm", "--report-only",
             "--reference", str(ref)] + [a for kv in sets for a in ("--set", kv)]
-    from hallnll.cli import main as cli_main
+    from hallnll.tools.cli import main as cli_main
 
     assert cli_main(argv) == 0
     saved = json.loads((tmp_path / "fidelity.json").read_text())
@@ -255,3 +294,38 @@ def test_dividemix_reference_runs_on_the_fidelity_subset(cifar10_root, tmp_path)
     assert "labeled" not in rows[0]  # warm-up
     assert 0 < rows[1]["labeled"] <= 300 and rows[1]["labeled_precision"] == 1.0
     assert all(0.0 <= r["test_acc"] <= 100.0 for r in rows)
+
+
+def test_tables_1_3_4_hold_dividemix_beside_ours_with_the_same_data_and_schedule():
+    from hallnll.tools import reproduce
+
+    paper = {"table1": [93.33, 95.07], "table3": [95.16, 95.23, 95.21, 92.56, 71.13], "table4": [74.40]}
+    for name, means in paper.items():
+        for scale in ("paper", "quick"):
+            plans = {p.cell.key: p for p in reproduce.plan_table(name, scale, "/nonexistent-runs")}
+            dmx = [p for k, p in plans.items() if k.startswith("dividemix-")]
+            assert [p.cell.paper_mean for p in dmx] == means
+            for p in dmx:
+                ours = plans[p.cell.key[len("dividemix-"):]]
+                assert (p.config["variant"], p.config["nets"], ours.config["variant"]) == ("dividemix", 2, "hallnll")
+                differ = {k for k in p.config if p.config[k] != ours.config[k]}
+                assert differ <= {"variant", "nets"} and p.run_root != ours.run_root, (name, scale, differ)
+    rows = reproduce.collect(reproduce.plan_table("table1", "paper", "/nonexistent-runs"), [0])
+    md = reproduce.format_markdown("table1", rows, "paper")
+    assert "| PTD 20% | - | 0 | 94.26 ± 0.19 | - |" in md and "| DivideMix: PTD 20% | - | 0 | 93.33 ± 0.14 | - |" in md
+    assert [r["method"] for r in rows] == ["Ours", "Ours", "DivideMix", "DivideMix"]
+
+
+def test_warmup_batch_size_sets_the_warmup_steps_alone(digits_clean):
+    # DivideMix's schedule: the warm-up batch twice the MixMatch batch (batch_size=64 warmup_batch_size=128)
+    from hallnll.run import Run
+
+    cfg, data, noisy = digits_clean
+    steps = {}
+    for wb in (0, 128):
+        run = Run(cfg.replace(batch_size=64, warmup_batch_size=wb, bn_recal_images=0), data, noisy)
+        n = [0]
+        run.opt.register_step_post_hook(lambda *a: n.__setitem__(0, n[0] + 1))
+        run.warmup_epoch()
+        steps[wb] = n[0]
+    assert steps == {0: len(noisy) // 64, 128: len(noisy) // 128}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from hallnll.cli import folder_config
-from hallnll.cli import main as cli_main
+from hallnll.tools.cli import folder_config
+from hallnll.tools.cli import main as cli_main
 from hallnll.label_issues import calibrated_joint, fold_index, prune_by_noise_rate
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -135,7 +135,7 @@ def test_folder_config_sizes_to_the_data(tmp_path):
     truth = digits_folder(tmp_path, n_train=300, n_test=10)
     cfg = folder_config(tmp_path / "train.csv", None, None, [])
     assert (cfg.arch, cfg.width, cfg.device, cfg.hflip) == ("preact_resnet18", 16, "cpu", True)  # the CPU profile
-    from hallnll.cli import cpu_has_amx
+    from hallnll.label_issues import cpu_has_amx
 
     assert cfg.cpu_bf16 == cpu_has_amx()
     assert cfg.image_size == 8 and cfg.crop_padding == 1  # the images' own side, not upscaled to 16

@@ -27,10 +27,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hallnll import engine, jobs, selection, ssl
+from hallnll import engine, gmm_torch, levers, selection, ssl
+from hallnll.tools import jobs
 from hallnll.config import ConfigError, load_config
 from hallnll.data import DeviceImages, ImageData
-from hallnll.hallucination import Hallucinator, StaticHalStep, hallucinate, hallucination_loss, sample_partners
+from hallnll.hallucination import Hallucinator, hallucinate, hallucination_loss, sample_partners
+from hallnll.levers import StaticHalStep
 from hallnll.models import build_model
 from hallnll.run import Run
 from hallnll.train import prepare
@@ -77,7 +79,7 @@ def _sklearn_kmeans(x: torch.Tensor, seed: int) -> np.ndarray:
 def _compare_gmms(losses, labels, seeds=(0, 1, 2), max_iter=10):
     for seed in seeds:
         x = selection.normalized_losses(losses)
-        assert np.array_equal(selection.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
+        assert np.array_equal(gmm_torch.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
         a = selection.fit_loss_gmm(losses, max_iter, seed, "sklearn")
         b = selection.fit_loss_gmm(losses, max_iter, seed, "torch")
         assert a.backend == "sklearn" and b.backend == "torch"
@@ -129,7 +131,7 @@ def test_kmeans_stopping_rules_on_hard_shapes():
     for data in sets:
         x = selection.normalized_losses(data)
         for seed in range(8):
-            assert np.array_equal(selection.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
+            assert np.array_equal(gmm_torch.kmeans_labels(x, seed).numpy(), _sklearn_kmeans(x, seed)), seed
 
 
 def test_torch_gmm_reads_nothing_on_the_host(digits_losses, no_host_reads):
@@ -336,7 +338,7 @@ def test_compiled_mixmatch_step_gets_the_eager_numbers():
         opt = engine.make_optimizer(m.parameters(), 0.02, 0.9, 5e-4)
         lab, unl = torch.arange(0, 1347, 2), torch.arange(1, 1347, 2)
         r = ssl.ssl_epoch(m, opt, images, lab, data.y_train[lab], torch.full((len(lab),), 0.7), unl, 10,
-                          d.replace(warmup_epochs=0), 3, torch.Generator().manual_seed(1), np.random.default_rng(2),
+                          ssl.MixMatchSettings.of(d.replace(warmup_epochs=0)), 3, torch.Generator().manual_seed(1), np.random.default_rng(2),
                           iters=4, loss_fn=loss_fn)
         out.append((r, [p.detach().clone() for p in m.parameters()]))
     for k in ("loss", "l_ce", "l_mse"):
@@ -353,8 +355,8 @@ def test_inductor_compiled_steps_train_like_eager():
     cfg = load_config(None, DIGITS + ["epochs=2", "warmup_epochs=1", "compile_step=true"])
     data, noisy, _ = prepare(cfg, progress=False)
     run = Run(cfg, data, noisy)
-    run.ce_loss = engine.compiled(engine.ce_loss)  # inductor on the CPU, forced for this check
-    run.mixmatch_loss = engine.compiled(ssl.mixmatch_loss)
+    run.ce_loss = levers.compiled(engine.ce_loss)  # inductor on the CPU, forced for this check
+    run.mixmatch_loss = levers.compiled(ssl.mixmatch_loss)
     r1 = [run.epoch(), run.epoch()]
     for a, b in zip(r1, r0):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
@@ -386,10 +388,10 @@ def test_cudnn_benchmark_is_set_for_the_block_and_restored():
     before = torch.backends.cudnn.benchmark
     try:
         torch.backends.cudnn.benchmark = False
-        with engine.cudnn_benchmark(True, torch.device("cuda")):
+        with levers.cudnn_benchmark(True, torch.device("cuda")):
             assert torch.backends.cudnn.benchmark is True
         assert torch.backends.cudnn.benchmark is False
-        with engine.cudnn_benchmark(True, torch.device("cpu")):  # no effect off CUDA
+        with levers.cudnn_benchmark(True, torch.device("cpu")):  # no effect off CUDA
             assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
@@ -400,8 +402,8 @@ def test_speed_settings_are_checked():
     for bad, key in (("compile_mode=fast", "compile_mode"), ("compile_backend=", "compile_backend")):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
-    assert engine.compile_active(torch.device("cuda")) and not engine.compile_active(torch.device("cpu"))
-    assert engine.compile_active(torch.device("cpu"), "aot_eager")
+    assert levers.compile_active(torch.device("cuda")) and not levers.compile_active(torch.device("cpu"))
+    assert levers.compile_active(torch.device("cpu"), "aot_eager")
 
 
 # ================================================================ parallel runs
@@ -438,11 +440,11 @@ def test_settings_added_since_a_run_count_at_their_defaults(tmp_path):
 
 # ================================================================ the bench and the GPU command
 def test_lever_configs_are_cumulative():
-    from hallnll import bench
+    from hallnll.tools import bench, bench_levers
 
     base = bench.bench_config(None, ["dataset=digits"])
-    cfgs = {name: cfg for name, _, cfg in bench.lever_configs(base)}
-    assert list(cfgs) == list(bench.LEVER_NAMES)
+    cfgs = {name: cfg for name, _, cfg in bench_levers.lever_configs(base)}
+    assert list(cfgs) == list(bench_levers.LEVER_NAMES)
     b = cfgs["baseline"]
     assert (b.bf16, b.channels_last, b.cudnn_benchmark, b.gmm_backend, b.hal_graph, b.compile_step) == \
         (False, False, False, "sklearn", False, False)
@@ -450,10 +452,10 @@ def test_lever_configs_are_cumulative():
     assert (last.bf16, last.channels_last, last.sgd_impl, last.gmm_backend, last.hal_graph, last.compile_step,
             last.compile_mode) == (True, True, "fused", "torch", True, True, "reduce-overhead")
     # a subset measures the same configurations as the full list
-    sub = {name: cfg for name, _, cfg in bench.lever_configs(base, ["baseline", "gmm_torch"])}
+    sub = {name: cfg for name, _, cfg in bench_levers.lever_configs(base, ["baseline", "gmm_torch"])}
     assert sub["gmm_torch"] == cfgs["gmm_torch"]
     with pytest.raises(ConfigError, match="unknown lever"):
-        bench.lever_configs(base, ["warp_speed"])
+        bench_levers.lever_configs(base, ["warp_speed"])
 
 
 def test_gpu_speed_script_dry_run(tmp_path):

@@ -393,7 +393,7 @@ def test_mixmatch_step_is_dividemix_train_step_with_two_networks():
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     seen = []
     net2.register_forward_pre_hook(lambda m, a: seen.append(m.training))
-    ssl.ssl_epoch(net, opt, images, il, labels, w, iu, C, cfg, 1, torch.Generator().manual_seed(0),
+    ssl.ssl_epoch(net, opt, images, il, labels, w, iu, C, ssl.MixMatchSettings.of(cfg), 1, torch.Generator().manual_seed(0),
                   np.random.default_rng(0), iters=2, bf16=False, peer=net2)
     assert seen == [False, False] and net2.training
     assert all(torch.equal(before[k], v) for k, v in net2.state_dict().items())

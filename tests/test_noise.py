@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hallnll import noise as N
-from hallnll.cli import main as cli_main
+from hallnll.tools.cli import main as cli_main
 from hallnll.config import Config, ConfigError, load_config
 from hallnll.data import DataError
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hallnll import reproduce
-from hallnll.notebook import execute
+from hallnll.tools import reproduce
+from hallnll.tools.notebook import execute
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

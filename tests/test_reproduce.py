@@ -1,4 +1,4 @@
-"""hallnll.reproduce: the table registry, papermill batches of 06_training.ipynb, results files,
+"""hallnll.tools.reproduce: the table registry, papermill batches of 06_training.ipynb, results files,
 and run_seeds (``hallnll train --seeds/--parallel``). Digits only, tiny schedules."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hallnll import cli, jobs, reproduce
-from hallnll.tables import Cell, Table
+from hallnll.tools import cli, jobs, reproduce
+from hallnll.tools.tables import Cell, Table
 
 from conftest import TABLE5_TINY
 

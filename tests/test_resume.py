@@ -11,7 +11,7 @@ import torch
 
 import hallnll.train as T
 from hallnll import load_config
-from hallnll.cli import main as cli_main
+from hallnll.tools.cli import main as cli_main
 from hallnll.train import CheckpointError, fit, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_noise_rate_only_where_noise_was_generated(setting, tmp_path):
 
 
 def test_settings_its_noise_kind_does_not_read_neither_refuse_a_resume_nor_redo_a_job(setting, tmp_path):
-    from hallnll import jobs
+    from hallnll.tools import jobs
 
     cfg, data, noisy = setting
     cfg = cfg.replace(noise="classification")  # the default reads shipped labels: generated noise here

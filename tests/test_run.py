@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hallnll import analysis, engine, load_config
+from hallnll import engine, load_config
+from hallnll.tools import analysis
 from hallnll.run import Run, TrainingError
 from hallnll.train import prepare
 

@@ -21,7 +21,7 @@ import torch
 
 import hallnll.train as T
 from hallnll import load_config
-from hallnll.cli import main as cli_main
+from hallnll.tools.cli import main as cli_main
 from hallnll.data import DataError, load_folder
 from hallnll.data.sources import to_rgb8
 from hallnll.lock import LOCK_NAME, FolderBusy, folder_lock
@@ -71,7 +71,7 @@ def test_a_busy_folder_is_refused_at_once_naming_its_holder_and_a_dead_holder_fr
         # the same mechanism for --seeds, fit-folder's report and a job of reproduce / the executors
         rc = cli_main(["train", "digits-quick", *sum((["--set", s] for s in TINY), []), "--seeds", "2", "--out", str(out)])
         assert rc == 2 and str(holder.pid) in _one_error(capsys.readouterr().err)
-        from hallnll.jobs import Job, execute
+        from hallnll.tools.jobs import Job, execute
 
         r = execute(Job("x", "digits-quick", TINY, 0, out))
         assert not r["ok"] and "in use by another hallnll run" in r["error"] and str(holder.pid) in r["error"]

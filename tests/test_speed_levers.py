@@ -28,7 +28,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hallnll import bench, engine, selection, ssl
+from hallnll import engine, selection, ssl
+from hallnll.tools import bench
 from hallnll.config import ConfigError, load_config
 from hallnll.data import DeviceImages, augment_batch
 from hallnll.hallucination import Hallucinator, hallucinate
@@ -178,7 +179,7 @@ def test_training_and_eval_loops_do_not_read_values_on_the_host(tiny, no_host_re
     cfg = load_config(None, ["dataset=digits", "crop_padding=1", "hflip=false", "warmup_epochs=0"])
     n = len(tx)
     lab, unl = torch.arange(0, n, 2), torch.arange(1, n, 2)
-    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, cfg, 3, g,
+    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, ssl.MixMatchSettings.of(cfg), 3, g,
                         np.random.default_rng(0), iters=3)
     assert all(v.dim() == 0 for v in out.values())
 
@@ -244,7 +245,7 @@ def test_bf16_training_reaches_fp32_accuracy(tiny, fp32_trained, cpu_bf16):
     cfg = load_config(None, ["dataset=digits", "crop_padding=1", "hflip=false", "warmup_epochs=0", "bf16=true"])
     n = len(tx)
     lab, unl = torch.arange(0, n, 2), torch.arange(1, n, 2)
-    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, cfg, 5, g,
+    out = ssl.ssl_epoch(m, opt, tx, lab, d.y_train[lab], torch.full((len(lab),), 0.7), unl, 10, ssl.MixMatchSettings.of(cfg), 5, g,
                         np.random.default_rng(0), iters=3)
     assert all(math.isfinite(float(v)) for v in out.values())
 
@@ -372,7 +373,7 @@ def _check_report(r: dict, n_train: int):
 
 
 def test_bench_cli_digits_writes_json(tmp_path, capsys):
-    from hallnll.cli import main
+    from hallnll.tools.cli import main
 
     out = tmp_path / "bench.json"
     rc = main(["bench", "--set", "dataset=digits", "--set", "arch=small_cnn", "--set", "device=cpu",

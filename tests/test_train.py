@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hallnll import ConfigError, load_config
-from hallnll.cli import main as cli_main
+from hallnll.tools.cli import main as cli_main
 from hallnll.train import TrainingError, fit, prepare
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,6 +30,30 @@ Two transforms (:class:`ImagePaths` ``mode``):
   resizes to ``crop`` x ``crop`` as the resident folder path does, and the
   crop-with-padding and flip are then applied on the device with the run's
   draws, exactly as on the resident path.
+
+Where the JPEGs are decoded (``Config.jpeg_decode``, :func:`jpeg_decoder`):
+
+- ``workers``: each worker reads and decodes its batch on the CPU
+  (libjpeg-turbo) and transforms it there, as above;
+- ``device``: the workers only read each batch's file bytes; the batch is
+  decoded in one call of ``torchvision.io.decode_jpeg(..., device=run's
+  device)`` (nvJPEG on CUDA) and transformed there by the same function,
+  with the same per-request crop/flip draws (files that are not JPEG are
+  decoded on the CPU and moved). Why: a CPU worker decodes and transforms
+  40-300 Clothing1M-sized JPEGs (~440x490 px) a second (the development CPU,
+  by its load; benchmarks/README.md), so a machine's 8-16 workers can fall
+  below the rate at which an H100/H200 trains two ResNet-50s, and the CPU,
+  not the GPU, would bound the epoch; reading bytes costs the workers almost
+  nothing. Which decoder is faster on a given GPU machine is what
+  ``benchmarks/clothing1m_loader.py throughput --device cuda --decoder
+  workers|device`` measures (owed: no GPU was lent).
+- ``auto`` (default): ``device`` on CUDA, ``workers`` elsewhere (a CPU has no
+  faster decoder than its workers).
+
+The two decoders give the same crops and flips; their pixels differ only by
+the decoder's IDCT and upsampling (nvJPEG vs libjpeg-turbo) and the resize
+kernel's device, a few levels of 255 at most (on the CPU the two paths are the
+same library and give identical pixels: tests/test_clothing1m.py).
 """
 from __future__ import annotations
 
@@ -78,14 +102,56 @@ class ImagePaths:
         return self.paths[i].decode()
 
 
+#: Config.jpeg_decode's choices (see the module docstring)
+JPEG_DECODERS = ("auto", "workers", "device")
+
+
+def jpeg_decoder(setting: str, device) -> str:
+    """Where a run's JPEGs are decoded: ``workers`` (on the CPU, in the DataLoader workers)
+    or ``device`` (one ``decode_jpeg`` per batch on the run's device); ``auto`` picks
+    ``device`` on CUDA only."""
+    if setting not in JPEG_DECODERS:
+        raise ValueError(f"jpeg_decode {setting!r}: use one of {', '.join(JPEG_DECODERS)}")
+    if setting == "auto":
+        return "device" if torch.device(device).type == "cuda" else "workers"
+    return setting
+
+
 def decode(path: str, crop: int, resize: int, mode: str, train: bool, views: int,
            gen: torch.Generator | None) -> torch.Tensor:
     """One image as ``views`` uint8 tensors ``[views, 3, crop, crop]`` (see the module docstring)."""
     from torchvision.io import ImageReadMode, decode_image, read_file
+
+    return transform(decode_image(read_file(path), mode=ImageReadMode.RGB), crop, resize, mode, train, views, gen)
+
+
+def decode_batch(raw, device, crop: int, resize: int, mode: str, train: bool, views: int,
+                 seed: int) -> torch.Tensor:
+    """File bytes of a request (uint8 1-D tensors, or ``{"bytes", "lengths"}`` as :class:`_Decode`
+    gives them) decoded on ``device``, the JPEGs by one
+    ``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA), and transformed there with the
+    request's draws, image by image as :class:`_Decode` does: ``[views, B, 3, crop, crop]``."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    device = torch.device(device)
+    if isinstance(raw, dict):
+        raw = list(torch.split(raw["bytes"], raw["lengths"].tolist()))
+    is_jpeg = [len(b) > 2 and int(b[0]) == 0xFF and int(b[1]) == 0xD8 for b in raw]
+    jpegs = [b for b, j in zip(raw, is_jpeg) if j]
+    dec = iter(decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device) if jpegs else [])
+    gen = torch.Generator().manual_seed(int(seed))
+    imgs = [next(dec) if j else decode_image(b, mode=ImageReadMode.RGB).to(device) for b, j in zip(raw, is_jpeg)]
+    return torch.stack([transform(im, crop, resize, mode, train, views, gen) for im in imgs], 1)
+
+
+def transform(img: torch.Tensor, crop: int, resize: int, mode: str, train: bool, views: int,
+              gen: torch.Generator | None) -> torch.Tensor:
+    """A decoded uint8 ``[3, H, W]`` image as ``views`` transformed views ``[views, 3, crop, crop]``,
+    on the image's device (the crop/flip draws from ``gen``, on the CPU)."""
     from torchvision.transforms.v2 import functional as TF
 
     # resized in the channels-last layout: torch's antialiased uint8 kernel is ~1.8x faster there
-    img = decode_image(read_file(path), mode=ImageReadMode.RGB).unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    img = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     if mode == "square":
         return TF.resize(img, [crop, crop], antialias=True)[0].expand(views, -1, -1, -1)
     img = TF.resize(img, resize, antialias=True)[0]  # the shorter side to `resize`, as transforms.Resize(256)
@@ -105,10 +171,11 @@ def decode(path: str, crop: int, resize: int, mode: str, train: bool, views: int
 
 class _Decode(torch.utils.data.Dataset):
     """A DataLoader dataset whose items are whole requests ``(index array, views, train, seed)``:
-    each worker decodes one batch and returns ``[views, B, 3, crop, crop]`` uint8."""
+    each worker decodes one batch and returns ``[views, B, 3, crop, crop]`` uint8, or with
+    ``raw`` only reads it: its files' bytes, one uint8 buffer and the lengths (:func:`decode_batch`)."""
 
-    def __init__(self, files: ImagePaths):
-        self.files = files
+    def __init__(self, files: ImagePaths, raw: bool = False):
+        self.files, self.raw = files, raw
 
     def __len__(self):
         return len(self.files)
@@ -116,6 +183,13 @@ class _Decode(torch.utils.data.Dataset):
     def __getitem__(self, request):
         idx, views, train, seed = request
         f = self.files
+        if self.raw:
+            from torchvision.io import read_file
+
+            raw = [read_file(f.path(int(i))) for i in idx]
+            # one buffer and the lengths: a list of small tensors fails to cross to the main process
+            # (one file descriptor each: "Bad file descriptor" under torch's file_descriptor sharing)
+            return {"bytes": torch.cat(raw), "lengths": torch.tensor([len(r) for r in raw])}
         gen = torch.Generator().manual_seed(int(seed))
         return torch.stack([decode(f.path(int(i)), f.crop, f.resize, f.mode, train, views, gen) for i in idx], 1)
 
@@ -149,9 +223,10 @@ class StreamImages:
     streamed = True
 
     def __init__(self, files: ImagePaths, mean, std, device, channels_last: bool = False, workers: int = 4,
-                 seed: int = 0, prefetch: int = 2):
+                 seed: int = 0, prefetch: int = 2, decoder: str = "workers"):
         fix_mmap_threshold()
         self.files, self.device = files, torch.device(device)
+        self.decoder = jpeg_decoder(decoder, self.device)  # workers | device (the module docstring)
         c = 3
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
@@ -174,7 +249,7 @@ class StreamImages:
         if seed is None:
             seed = int(torch.randint(2 ** 62, (1,), generator=self.seeds))
         return StreamImages(self.files[idx], (self.mean.view(-1) / 255).tolist(), (self.std.view(-1) / 255).tolist(),
-                            self.device, self.channels_last, self.workers, seed, self.prefetch)
+                            self.device, self.channels_last, self.workers, seed, self.prefetch, self.decoder)
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         out = (xb.to(self.device, non_blocking=True).float() - self.mean) / self.std
@@ -186,7 +261,8 @@ class StreamImages:
         import torchvision.io  # noqa: F401  imported here once, so forked workers do not each import it
         from torchvision.transforms.v2 import functional  # noqa: F401
 
-        loader = torch.utils.data.DataLoader(_Decode(self.files), batch_size=None, sampler=requests,
+        loader = torch.utils.data.DataLoader(_Decode(self.files, self.decoder == "device"), batch_size=None,
+                                             sampler=requests,
                                              num_workers=self.workers, pin_memory=self.device.type == "cuda",
                                              prefetch_factor=self.prefetch if self.workers else None)
         return iter(loader)
@@ -202,6 +278,14 @@ class StreamImages:
         self._plan, self._held = list(reqs), []
         self._it = self._loader(list(reqs)) if reqs else None  # a copy: _plan is consumed as served
 
+    def _decoded(self, req, out):
+        """A request's views ``[views, B, 3, crop, crop]``: ``out`` as the worker gave it, or
+        its files' bytes decoded here on the device (``decoder="device"``)."""
+        if self.decoder != "device":
+            return out
+        f = self.files
+        return decode_batch(out, self.device, f.crop, f.resize, f.mode, req[2], req[1], req[3])
+
     def _get(self, idx: torch.Tensor, train: bool) -> torch.Tensor:
         """The next view of the images at ``idx`` (uint8 ``[B, 3, crop, crop]``, on the host or pinned)."""
         if self._held and self._held[0][0] is idx:
@@ -213,10 +297,10 @@ class StreamImages:
         ic = idx.cpu().numpy()
         if self._plan and self._plan[0][2] == train and np.array_equal(self._plan[0][0], ic):
             req = self._plan.pop(0)
-            out = next(self._it)
+            out = self._decoded(req, next(self._it))
         else:  # not announced: decode here, in the calling process
             req = (ic, 1, train, int(torch.randint(2 ** 62, (1,), generator=self.seeds)))
-            out = _Decode(self.files)[req]
+            out = self._decoded(req, _Decode(self.files, self.decoder == "device")[req])
         views = list(out.unbind(0))
         first = views.pop(0)
         if views:
@@ -244,8 +328,9 @@ class StreamImages:
         if not chunks:
             return
         # the loader iterated alone (zip(chunks, loader) made the process grow by ~5 MB a batch here)
-        for k, out in enumerate(self._loader([(c, 1, False, 0) for c in chunks])):
-            yield torch.as_tensor(chunks[k], device=self.device), self.normalize(out[0])
+        reqs = [(c, 1, False, 0) for c in chunks]
+        for k, out in enumerate(self._loader(reqs)):
+            yield torch.as_tensor(chunks[k], device=self.device), self.normalize(self._decoded(reqs[k], out)[0])
 
 
 def balanced_draw(labels: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -274,7 +359,8 @@ def device_images(x, mean, std, device, channels_last: bool, cfg, seed: int = 0)
     from .gpu import DeviceImages
 
     if isinstance(x, ImagePaths):
-        return StreamImages(x, mean, std, device, channels_last, cfg.loader_workers, seed)
+        return StreamImages(x, mean, std, device, channels_last, cfg.loader_workers, seed,
+                            decoder=jpeg_decoder(cfg.jpeg_decode, device))
     return DeviceImages(x, mean, std, device, channels_last)
 
 

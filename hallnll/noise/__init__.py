@@ -18,7 +18,7 @@ Kinds (``cfg.noise``):
 config names, after checking the config once; :func:`report`
 (:mod:`hallnll.noise.report`) summarises a label set as its realised rate and
 transition matrix ``P(noisy=j | clean=i)``. ``hallnll noise`` (in
-:mod:`hallnll.cli`) writes a label CSV.
+:mod:`hallnll.tools.cli`) writes a label CSV.
 """
 from .classifier import average_softmax, cbased_lr
 from .files import CSV_HEADER, load_label_csv, save_label_csv

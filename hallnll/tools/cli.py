@@ -18,7 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
+from .text import table
 
 QUICKSTART_PARAMS = "digits-quick"  # the shipped params/digits-quick.yaml
 #: the quick start's schedule: half of digits-quick's 60 epochs (the same 10 warm-up, the decay
@@ -28,10 +29,10 @@ QUICKSTART_SCHEDULE = ("epochs=30", "lr_decay_epoch=22")
 
 
 def _input_errors():
-    from .data import DataError
-    from .noise import NoiseError
-    from .lock import OutputError
-    from .train import CheckpointError
+    from ..data import DataError
+    from ..noise import NoiseError
+    from ..lock import OutputError
+    from ..train import CheckpointError
 
     return ConfigError, DataError, NoiseError, CheckpointError, OutputError
 
@@ -44,14 +45,6 @@ def _counts(args) -> None:
             raise ConfigError(f"--{name} {v}: give a whole number of at least 1")
 
 
-def _table(rows, headers) -> str:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows]
-    return "\n".join(out)
-
-
 def _fmt(x, pct=True):
     if x is None:
         return "-"
@@ -59,13 +52,16 @@ def _fmt(x, pct=True):
 
 
 def cmd_train(args) -> int:
-    from .lock import check_output
-    from .train import fit
+    from ..lock import check_output
+    from ..train import fit
 
     out = check_output(args.out)
     _counts(args)
     cfg = load_config(args.params, args.set)
     slurm = slurm_options(args)
+    if args.warm_start and (args.seeds > 1 or args.parallel > 1 or slurm is not None):
+        raise ConfigError("--warm-start is for one run (its checkpoint is one seed's warm-up); drop --seeds, "
+                          "--parallel and --executor")
     if args.seeds > 1 or args.parallel > 1 or slurm is not None:
         from .jobs import run_seeds
 
@@ -73,21 +69,19 @@ def cmd_train(args) -> int:
                               resume=not args.no_resume, slurm=slurm)
         rows = [[s.get("seed"), _fmt(s.get("best_acc")), _fmt(s.get("last_acc")), s.get("epochs"),
                  _fmt(s.get("wall_seconds"), False)] for s in summaries]
-        print(_table(rows, ["seed", "best %", "last %", "epochs", "seconds"]))
+        print(table(rows, ["seed", "best %", "last %", "epochs", "seconds"]))
         for s in summaries:
             if "error" in s:
                 print(f"seed {s['seed']}: {'queued' if s.get('pending') else 'FAILED'}: {s['error']}"
                       + (f"\n  log: {s['log']}" if s.get("log") else ""))
         return 1 if any("error" in s and not s.get("pending") for s in summaries) else 0
-    if args.warm_start and (args.seeds > 1 or args.parallel > 1 or slurm is not None):
-        raise ConfigError("--warm-start is for one run (its checkpoint is one seed's warm-up); drop --seeds/--executor")
     res = fit(cfg, out, resume=not args.no_resume, warm_start=args.warm_start)
-    from .distributed import is_main
+    from ..distributed import is_main
 
     if not is_main():  # under torchrun rank 0 reports
         return 0
     s = res.summary
-    print(_table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
+    print(table([[cfg.variant, _fmt(s["best_acc"]), _fmt(s["last_acc"]), s["epochs"], _fmt(s["wall_seconds"], False)]],
                  ["variant", "best %", "last %", "epochs", "seconds"]))
     if res.finished_before:
         print(f"finished already: the results are in {out}/ (summary.json, labels.csv, metrics.jsonl)")
@@ -97,7 +91,7 @@ def cmd_train(args) -> int:
 
 
 def add_executor_args(p) -> None:
-    """``--executor {process,slurm}`` and the SLURM job array's resources (hallnll.cluster)."""
+    """``--executor {process,slurm}`` and the SLURM job array's resources (hallnll.tools.cluster)."""
     g = p.add_argument_group("executor", "where the runs go: local worker processes, or one SLURM job array "
                                          "(submitit; pip install -e '.[cluster]')")
     g.add_argument("--executor", choices=("process", "slurm"), default="process")
@@ -117,7 +111,7 @@ def add_executor_args(p) -> None:
 
 
 def slurm_options(args):
-    """The :class:`hallnll.cluster.SlurmOptions` of ``--executor slurm``, else None."""
+    """The :class:`hallnll.tools.cluster.SlurmOptions` of ``--executor slurm``, else None."""
     if getattr(args, "executor", "process") != "slurm":
         return None
     from .cluster import SlurmOptions
@@ -127,75 +121,46 @@ def slurm_options(args):
                         wait=not args.no_wait, folder=Path(args.slurm_logs) if args.slurm_logs else None)
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 units (where ``cpu_bf16`` was measured faster)."""
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def folder_config(train_csv, test_csv=None, params=None, overrides=()):
-    """The config of ``hallnll fit-folder``: ``params`` (default: the shipped
-    ``folder`` profile where the device is a GPU, ``folder-cpu`` on a CPU) with
-    the CSVs, the name of the CSV's folder, an image size no larger than the
-    images' own (median side of the first 256, a multiple of 4), a batch size
-    that gives each run at least 10 steps per epoch (halved down to 16) and,
-    on a CPU with AMX units, bf16 autocast (``cpu_bf16``), unless they are set."""
+    """The config of ``hallnll fit-folder``: :func:`hallnll.label_issues.issue_config` (the
+    profile, batch size, image size and cpu_bf16 choices :func:`hallnll.find_label_issues`
+    makes too) with the CSVs, the name of the CSV's folder (unless set) and the images' own
+    side (median of the first 256's shorter sides)."""
     import statistics
 
-    from .data.sources import _read_path_label_csv
-    from .engine import resolve_device
+    from PIL import Image
+
+    from ..data.sources import _read_path_label_csv
+    from ..label_issues import issue_config
 
     sets = [f"folder_train_csv={train_csv}"] + ([f"folder_test_csv={test_csv}"] if test_csv else []) + list(overrides)
     given = {s.split("=", 1)[0].strip() for s in overrides}
-    if params is None:
-        params = "folder" if resolve_device(load_config("folder", sets).device).type == "cuda" else "folder-cpu"
-    cfg = load_config(params, sets)
-    changes = {}
-    if "name" not in given:
-        changes["name"] = Path(train_csv).resolve().parent.name or "folder"
-    if "cpu_bf16" not in given and resolve_device(cfg.device).type == "cpu" and cpu_has_amx():
-        changes["cpu_bf16"] = True  # bf16 autocast on AMX units: 2.3x (config.py, cpu_bf16)
+    name = {} if "name" in given else {"name": Path(train_csv).resolve().parent.name or "folder"}
+    issue_config(sets, 0, None, params, **name)  # the settings are checked before the data is read
     rows = _read_path_label_csv(Path(train_csv))
     if test_csv:
         _read_path_label_csv(Path(test_csv))  # read now: a bad test CSV is said before the header line
-    if "batch_size" not in given:
-        # a small set still gets at least 10 optimiser steps per epoch in each run
-        per_run = len(rows) * (cfg.label_folds - 1) // cfg.label_folds if cfg.label_folds else len(rows)
-        bs = cfg.batch_size
-        while bs > 16 and per_run < 10 * bs:
-            bs //= 2
-        if bs != cfg.batch_size:
-            changes["batch_size"] = bs
-    if "image_size" not in given:
-        from PIL import Image
-
-        sides = []
-        for path, _, _ in rows[:256]:
-            try:
-                with Image.open(Path(train_csv).parent / path) as im:
-                    sides.append(min(im.size))
-            except (OSError, ValueError):
-                pass  # load_folder names the unreadable file
-        native = int(statistics.median(sides)) // 4 * 4 if sides else cfg.image_size
-        if 4 <= native < cfg.image_size:
-            changes["image_size"] = native
-            if "crop_padding" not in given:
-                changes["crop_padding"] = max(1, native // 8)
-    return cfg.replace(**changes) if changes else cfg
+    sides = []
+    for path, _, _ in rows[:256]:
+        try:
+            with Image.open(Path(train_csv).parent / path) as im:
+                sides.append(min(im.size))
+        except (OSError, ValueError):
+            pass  # load_folder names the unreadable file
+    native = int(statistics.median(sides)) if sides else None
+    return issue_config(sets, len(rows), native, params, **name)
 
 
 def cmd_fit_folder(args) -> int:
     """The label-issue report of one's own folder (hallnll.label_issues)."""
-    from . import label_issues
-    from .lock import check_output
+    from .. import label_issues
+    from ..lock import check_output
 
     check_output(args.out)
     cfg = folder_config(args.train_csv, args.test, args.params, args.set)
     if args.no_progress:
         cfg = cfg.replace(progress=False)
-    from .engine import resolve_device
+    from ..engine import resolve_device
 
     print(f"hallnll fit-folder: {cfg.folder_train_csv}{' + ' + cfg.folder_test_csv if cfg.folder_test_csv else ''} "
           f"on {resolve_device(cfg.device)} ({cfg.threads or 'all'} CPU thread(s)): {cfg.arch} at {cfg.image_size} px, "
@@ -216,9 +181,9 @@ def cmd_quickstart(args) -> int:
     (``--parallel``, default: one per CPU core, at most 4)."""
     from .figures import plot_correction, plot_training
     from .jobs import Job, run_jobs, worker_threads
-    from .lock import check_output
-    from .reporting import read_metrics
-    from .train import prepare
+    from ..lock import check_output
+    from ..reporting import read_metrics
+    from ..train import prepare
 
     out = check_output(args.out)
     if args.figures:
@@ -247,7 +212,7 @@ def cmd_quickstart(args) -> int:
                      last.get("n_clean_hard", "-"), _fmt(last.get("precision_clean_hard")),
                      _fmt(last.get("label_noise_rate")), _fmt(s["wall_seconds"], False)])
     print()
-    print(_table(rows, ["variant", "best acc %", "last acc %", "easy prec %", "|clean-hard|",
+    print(table(rows, ["variant", "best acc %", "last acc %", "easy prec %", "|clean-hard|",
                         "clean-hard prec %", "train-label noise %", "seconds"]))
     fig_dir = Path(args.figures) if args.figures else out
     plot_training(hists, fig_dir / "quickstart_accuracy", title="digits, 40% classification-based noise")
@@ -258,10 +223,10 @@ def cmd_quickstart(args) -> int:
 
 def cmd_noise(args) -> int:
     """Make the noisy training labels of ``cfg.noise``, print their report, write the CSV."""
-    from .data import load_dataset
-    from .noise import make_noisy_labels, save_label_csv
-    from .lock import check_output
-    from .train import cpu_threads
+    from ..data import load_dataset
+    from ..noise import make_noisy_labels, save_label_csv
+    from ..lock import check_output
+    from ..train import cpu_threads
 
     out = check_output(args.out, "file")  # before the labels are made (minutes for C-based noise)
     cfg = load_config(args.params, args.overrides)
@@ -375,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="runs/fidelity")
     f.add_argument("--seeds", type=int, default=1)
     f.add_argument("--parallel", type=int, default=2, help="cells run at once (default 2: one per core here)")
-    f.add_argument("--variants", default="ce,gmm,easy,hallnll")
+    f.add_argument("--variants", default="ce,gmm,easy,hallnll", help="add dividemix for DivideMix itself (two networks)")
     f.add_argument("--labels", default="clean,noisy")
     f.add_argument("--tol", type=float, default=0.005, help="clean labels: how far below ce an SSL variant may end")
     f.add_argument("--data-note", default="", help='how the report names the data, e.g. "CIFAR-10 (JPEG q75 copy)"')
@@ -383,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--report-only", action="store_true", help="run nothing; report what the cells have written so far")
     f.add_argument("--reference", default=None, metavar="DIR",
                    help="a folder of benchmarks/dividemix_reference.py JSON tables for the same data and schedule: "
-                        "adds DivideMix's own loops and the checks of ce and gmm against them")
+                        "adds DivideMix's own loops and the checks of ce and gmm against them (and of dividemix: "
+                        "agreement with --nets 2)")
     f.add_argument("--ref-tol", type=float, default=0.02,
                    help="how far below DivideMix's own loop ce and gmm may end (default 0.02: 2 points)")
     f.set_defaults(fn=cmd_fidelity)

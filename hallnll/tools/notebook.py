@@ -2,7 +2,7 @@
 
 In a notebook, one call after the parameters cell::
 
-    from hallnll.notebook import setup
+    from hallnll.tools.notebook import setup
     stem = setup(threads=threads, figures_dir=figures_dir)
 
 then the cells the notebooks share: :func:`prepare_short` (the config of a
@@ -63,8 +63,8 @@ def prepare_short(params: str, epochs: int, warmup_epochs: int, cbased_epochs: i
     trained ``cbased_epochs``, ``seed``, no progress bars, then ``overrides``
     and ``settings``; and its data and noisy labels
     (:func:`hallnll.train.prepare`). Returns ``(cfg, data, noisy, noise_report)``."""
-    from .config import load_config
-    from .train import prepare
+    from ..config import load_config
+    from ..train import prepare
 
     sched = [f"epochs={epochs}", f"warmup_epochs={warmup_epochs}", f"cbased_epochs={cbased_epochs}",
              f"seed={seed}", "progress=false", "lr_decay_epoch=0", *overrides]  # short: no lr decay
@@ -80,7 +80,7 @@ DEMO_OVERRIDES = ("epochs=14", "warmup_epochs=8", "lr_decay_epoch=0")  # short: 
 def demo_config(params: str, overrides=None, seed: int = 0):
     """``params`` with ``overrides`` (None: :data:`DEMO_OVERRIDES`), ``seed`` and no
     progress bars: the config of the one-run notebooks."""
-    from .config import load_config
+    from ..config import load_config
 
     chosen = list(DEMO_OVERRIDES if overrides is None else overrides)
     return load_config(params, chosen + [f"seed={seed}", "progress=false"])
@@ -114,7 +114,7 @@ def result_row(result, *columns: str) -> dict:
 
 
 def require() -> None:
-    """Raise :class:`hallnll.tables.ReproduceError` unless papermill and ipykernel are installed."""
+    """Raise :class:`hallnll.tools.tables.ReproduceError` unless papermill and ipykernel are installed."""
     from .tables import ReproduceError
 
     try:
@@ -128,7 +128,7 @@ def require() -> None:
 def _kernel_spec(threads: int) -> dict:
     """This interpreter as a kernel; hallnll importable; ``threads`` for OpenMP/MKL;
     log level ERROR (so no notice about running over TCP)."""
-    package_parent = str(Path(__file__).resolve().parents[1])
+    package_parent = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH", "")
     env = {"PYTHONPATH": package_parent + (os.pathsep + path if path else "")}
     if threads:
@@ -147,7 +147,7 @@ def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0, star
     is 60; a busy cluster node can take longer). ``transport="ipc"``: the kernel
     talks over Unix sockets in a private temporary folder instead of TCP ports,
     so kernels started at once on one node cannot pick the same port (SLURM jobs
-    use it, :func:`hallnll.jobs.execute`).
+    use it, :func:`hallnll.tools.jobs.execute`).
 
     Raises papermill's ``PapermillExecutionError`` when a cell fails (the
     executed notebook, with the error, is written all the same).

@@ -1,7 +1,7 @@
 """Analysis of a run for the notebooks and the figures: what the steps of
 Alg. 1 produced on a run's model, measured against the true labels where they
 are known. Every number comes from the steps of :class:`hallnll.run.Run`;
-no plotting here (that is :mod:`hallnll.figures`).
+no plotting here (that is :mod:`hallnll.tools.figures`).
 
 - :func:`selection_snapshot`: Alg. 1 lines 6-19 once more on a run's current
   model (easiness, S_e, S_hal, the clean-hard subset), all in one feature
@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .hallucination import HallucinationResult
-from .run import Easiness, Run, Selection, anchor_set
+from ..hallucination import HallucinationResult
+from ..run import Easiness, Run, Selection, anchor_set
 
 
 def as_numpy(x) -> np.ndarray:
@@ -105,7 +105,7 @@ def easy_selection_table(omega, given, true, num_classes: int, p: float, gmm_thr
     with a last row ``all``. ``true`` may be None (no precision then)."""
     import pandas as pd
 
-    from .selection import class_balanced_quota, select_easy, select_gmm
+    from ..selection import class_balanced_quota, select_easy, select_gmm
 
     omega_t = torch.as_tensor(as_numpy(omega)).float()
     given_t = torch.as_tensor(as_numpy(given)).long()
@@ -283,7 +283,7 @@ def hard_examples(given, corrected, subset, true=None, which: str = "clean-hard"
     ``changed_first`` samples whose corrected label differs from the given
     one come first. Random order within each group (``seed``).
     """
-    from .reporting import SUBSETS
+    from ..reporting import SUBSETS
 
     s = as_numpy(subset)
     if s.dtype.kind in "US":

@@ -1,11 +1,11 @@
 """Many training runs: one :class:`Job` per run folder, one skip rule, one runner.
 
 ``hallnll train --seeds N`` (:func:`run_seeds`) and ``hallnll reproduce``
-(:mod:`hallnll.reproduce`) both hand a list of jobs to :func:`run_jobs`.
+(:mod:`hallnll.tools.reproduce`) both hand a list of jobs to :func:`run_jobs`.
 
 A job is one run of :func:`hallnll.train.fit`: a params file, overrides, a
 seed and an output folder; it runs in this process, or through a notebook
-(``06_training``, executed by :func:`hallnll.notebook.execute`, which calls
+(``06_training``, executed by :func:`hallnll.tools.notebook.execute`, which calls
 ``fit`` and keeps the executed notebook in the run folder).
 
 The skip rule (:func:`finished`): a job is done when its folder holds
@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, inert_settings, load_config
-from .lock import OutputError, folder_lock, passed_to_children
-from .resources import params_path
+from ..config import Config, inert_settings, load_config
+from ..lock import OutputError, folder_lock, passed_to_children
+from ..resources import params_path
 
 
 def config_hash(cfg: Config | dict, ignore=("progress",)) -> str:
@@ -127,7 +127,7 @@ def _run(job: Job, resume: bool, data, noisy) -> None:
     else:
         import torch
 
-        from .train import fit
+        from ..train import fit
 
         if job.threads:
             torch.set_num_threads(job.threads)
@@ -137,7 +137,7 @@ def _run(job: Job, resume: bool, data, noisy) -> None:
 
 def _execute_notebook(job: Job) -> None:
     from .notebook import execute as execute_notebook
-    from .resources import shipped
+    from ..resources import shipped
 
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,8 +194,8 @@ def _worker_init(threads: int) -> None:
 def run_jobs(jobs: list, parallel: int = 1, log=print, resume: bool = True, data=None, noisy=None,
              slurm=None) -> list:
     """Run every job that is not :func:`finished` (all of them without ``resume``),
-    ``parallel`` at a time, or, given ``slurm`` (:class:`hallnll.cluster.SlurmOptions`),
-    as one SLURM job array (:func:`hallnll.cluster.run_slurm`). Returns one result
+    ``parallel`` at a time, or, given ``slurm`` (:class:`hallnll.tools.cluster.SlurmOptions`),
+    as one SLURM job array (:func:`hallnll.tools.cluster.run_slurm`). Returns one result
     dict per job (``skipped`` for finished ones; ``pending`` for ones left running on SLURM)."""
     results: list = [None] * len(jobs)
     todo = []
@@ -257,8 +257,8 @@ def run_seeds(params, overrides, out, seeds: int = 3, parallel: int = 1, resume:
     on SLURM). ``slurm``: run them as one SLURM job array (:func:`run_jobs`).
     Configuration errors raise before anything runs.
     """
-    from .reporting import atomic_write_text
-    from .train import prepare
+    from ..reporting import atomic_write_text
+    from ..train import prepare
 
     overrides = list(overrides or [])
     cfg = load_config(params, overrides)
@@ -271,8 +271,8 @@ def run_seeds(params, overrides, out, seeds: int = 3, parallel: int = 1, resume:
 
 
 def _run_seeds(params, overrides, cfg, out: Path, seeds, parallel, resume, log, slurm) -> list:
-    from .reporting import atomic_write_text
-    from .train import prepare
+    from ..reporting import atomic_write_text
+    from ..train import prepare
 
     jobs = [Job(f"seed{s}", str(params), overrides, s, out / f"seed{s}")
             for s in range(cfg.seed, cfg.seed + max(1, int(seeds)))]

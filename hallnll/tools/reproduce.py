@@ -1,5 +1,5 @@
-"""Reproduce the paper's tables: every cell x seed of a table (:mod:`hallnll.tables`)
-is one run of ``06_training.ipynb``, executed by :mod:`hallnll.jobs`.
+"""Reproduce the paper's tables: every cell x seed of a table (:mod:`hallnll.tools.tables`)
+is one run of ``06_training.ipynb``, executed by :mod:`hallnll.tools.jobs`.
 
     hallnll reproduce --list                       # every table, its cells and what each needs
     hallnll reproduce table5                       # quick scale: digits on the CPU, minutes
@@ -23,7 +23,7 @@ Scales
     orientation only, with no difference taken.
 
 Runs
-    Every (cell, seed) is one :class:`hallnll.jobs.Job` through the notebook
+    Every (cell, seed) is one :class:`hallnll.tools.jobs.Job` through the notebook
     ``06_training`` (parameters ``params``, ``overrides``, ``out_dir``,
     ``seed``, ``threads``), run in the working folder; the notebook's
     :func:`hallnll.train.fit` writes ``summary.json`` (and metrics.jsonl,
@@ -33,7 +33,7 @@ Runs
     whole resolved configuration (seed and name aside), so cells of
     different tables with the same settings (Table 5 "hallnll", Table 7
     P=0.4, Table 8 lambda_conf=0.8, Table 2 40%) share their runs. A run is
-    not redone when it is finished (:func:`hallnll.jobs.finished`). A failed
+    not redone when it is finished (:func:`hallnll.tools.jobs.finished`). A failed
     run is reported with its executed notebook and the error; the others go on.
 
 Results
@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
 from .jobs import Job, config_hash, finished, run_jobs
 from .notebook import require as require_notebook_tools
 from .tables import TABLES, Cell, ReproduceError, get_table, paper_rows, table_names
@@ -177,7 +177,7 @@ def list_tables(names: Sequence[str] | None = None, scale: str = "quick", extra:
             lines.append(f"  note: {t.note}")
         for cell in t.cells:
             paper = f"{cell.paper_mean:.2f} ± {cell.paper_std:.2f}" if cell.paper_mean is not None else "-"
-            lines.append(f"  {cell.key:<13} {cell.label:<34} paper {paper}")
+            lines.append(f"  {cell.key:<13} {cell.name:<34} paper {paper}")
             ov = " ".join(f"--set {o}" for o in cell.overrides)
             lines.append(f"      paper scale: {cell.params}{(' ' + ov) if ov else ''}")
             try:
@@ -242,7 +242,7 @@ def collect(plans: list, seeds: Sequence[int], failures: dict | None = None) -> 
         diff = m - p.cell.paper_mean if comparable else None
         errs = [failures[(str(p.run_root), s)] for s in failed if (str(p.run_root), s) in failures]
         rows.append({
-            "table": p.table, "cell": p.cell.key, "label": p.cell.label, "scale": p.scale,
+            "table": p.table, "cell": p.cell.key, "label": p.cell.name, "method": p.cell.method, "scale": p.scale,
             "ours_mean": m, "ours_std": sd, "n_seeds": len(accs), "seeds": " ".join(map(str, used)),
             "paper_mean": p.cell.paper_mean, "paper_std": p.cell.paper_std, "diff": diff,
             "params": p.params, "overrides": " ".join(p.overrides), "runs": str(p.run_root) if p.run_root else "",
@@ -252,7 +252,7 @@ def collect(plans: list, seeds: Sequence[int], failures: dict | None = None) -> 
 
 
 CSV_COLUMNS = ("table", "cell", "label", "scale", "ours_mean", "ours_std", "n_seeds", "seeds", "paper_mean",
-               "paper_std", "diff", "params", "overrides", "runs", "note", "error")
+               "paper_std", "diff", "params", "overrides", "runs", "note", "error", "method")
 
 
 def _pm(m, s) -> str:
@@ -298,7 +298,7 @@ def format_markdown(name: str, rows: list, scale: str) -> str:
 
 def write_results(name: str, rows: list, results_dir, scale: str, suffix: str = ""):
     """Write ``RESULTS/NAME{suffix}.md`` and ``.csv``; returns both paths and the markdown."""
-    from .reporting import atomic_write_text
+    from ..reporting import atomic_write_text
 
     d = Path(results_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -350,7 +350,7 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
     """Run (or reuse) every cell x seed of the tables and write their results.
 
     Returns ``{"tables": {name: rows}, "failed": [result dicts], "markdown": {name: text}}``;
-    ``slurm`` (:class:`hallnll.cluster.SlurmOptions`): the runs as one SLURM job array, ``"pending"``
+    ``slurm`` (:class:`hallnll.tools.cluster.SlurmOptions`): the runs as one SLURM job array, ``"pending"``
     lists those left queued (``wait=False``), whose cells the tables leave out until they finish.
     """
     names = table_names(table)
@@ -361,7 +361,7 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
         raise ReproduceError(f"--seeds {n_seeds}: give at least 1")
     if int(parallel) < 1:
         raise ReproduceError(f"--parallel {parallel}: give at least 1")
-    from .lock import check_output, folder_lock
+    from ..lock import check_output, folder_lock
 
     check_output(results, what="--results")
     check_output(runs, what="--runs")
@@ -420,7 +420,7 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
 
 
 def main(args) -> int:
-    """``hallnll reproduce`` (see :mod:`hallnll.cli`): 0 when every run finished, 1 when some
+    """``hallnll reproduce`` (see :mod:`hallnll.tools.cli`): 0 when every run finished, 1 when some
     failed (the results of the others are still written), 2 on bad input."""
     table = getattr(args, "table", None)
     scale = getattr(args, "scale", "quick") or "quick"

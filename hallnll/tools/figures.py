@@ -4,20 +4,20 @@ Every ``plot_*`` function returns the matplotlib Figure; given ``path_stem``
 it also writes ``path_stem.png`` and ``path_stem.pdf`` (200 dpi, fonts
 embedded as TrueType), all drawn under :data:`STYLE`. The numbers they show
 come from the steps of :class:`hallnll.run.Run` and from
-:mod:`hallnll.analysis`; nothing of the method is computed here.
+:mod:`hallnll.tools.analysis`; nothing of the method is computed here.
 
 Figures of the paper
-    - Fig. 4, :func:`plot_tsne`: t-SNE (openTSNE, :func:`hallnll.analysis.tsne_embed`)
+    - Fig. 4, :func:`plot_tsne`: t-SNE (openTSNE, :func:`hallnll.tools.analysis.tsne_embed`)
       of real features (light colours) and hallucinated anchors (dark colours,
       larger markers) per class, at most ``n_real`` real and ``m_anchors``
       anchors per class (the paper shows 500 and 25).
     - Fig. 5, :func:`plot_anchor_examples`: for some anchors s_a = h(s_u, s_v),
       the images of the two easy parents s_u, s_v and of the real training
-      sample nearest to s_a (:func:`hallnll.analysis.anchor_examples` picks them).
+      sample nearest to s_a (:func:`hallnll.tools.analysis.anchor_examples` picks them).
     - Fig. 6, :func:`plot_correction`: the noise rate of the training labels
       and the accuracy of the corrected labels per epoch.
     - Fig. 7, :func:`plot_hard_examples`: a grid of hard samples with their
-      given and corrected labels (:func:`hallnll.analysis.hard_examples` picks them).
+      given and corrected labels (:func:`hallnll.tools.analysis.hard_examples` picks them).
 
 Steps of the method
     - label noise: :func:`plot_noise_transition` (heatmap of

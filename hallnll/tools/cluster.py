@@ -1,13 +1,13 @@
-"""Runs on a SLURM cluster: the jobs of :func:`hallnll.jobs.run_jobs` as one job array, through submitit.
+"""Runs on a SLURM cluster: the jobs of :func:`hallnll.tools.jobs.run_jobs` as one job array, through submitit.
 
 ``hallnll train ... --seeds N --executor slurm`` and ``hallnll reproduce TABLE
---executor slurm`` hand the jobs that are not :func:`hallnll.jobs.finished`
+--executor slurm`` hand the jobs that are not :func:`hallnll.tools.jobs.finished`
 (the one skip rule) to :func:`run_slurm`, which submits them as **one job
 array** (submitit's ``AutoExecutor`` in a ``batch()``) with the resources of
 :class:`SlurmOptions`, and waits for them (``wait=False``: submits and returns).
 
 - Each array task runs :class:`JobTask` (a ``submitit.helpers.Checkpointable``):
-  :func:`hallnll.jobs.execute`, as a local worker does. On preemption or
+  :func:`hallnll.tools.jobs.execute`, as a local worker does. On preemption or
   timeout (SLURM signals ``USR2`` ``signal_delay_s`` before the limit; a
   ``scancel --signal=USR2`` does the same) submitit calls its ``checkpoint``,
   which resubmits the same call, and requeues the task: the requeued run
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError
+from ..config import ConfigError
 
 RECORD = "slurm_job.json"  # in a run folder: the SLURM id of the task that runs it
 
@@ -112,7 +112,7 @@ except ImportError:  # pragma: no cover - require_slurm says what to install
 
 
 class JobTask(_Checkpointable):
-    """One array task: :func:`hallnll.jobs.execute` with the task's CPUs as its threads.
+    """One array task: :func:`hallnll.tools.jobs.execute` with the task's CPUs as its threads.
 
     ``checkpoint`` (submitit's ``Checkpointable``) resubmits the same call on
     preemption or timeout; the requeued call resumes from ``checkpoint.pt``.
@@ -193,7 +193,7 @@ def run_slurm(jobs: list, todo: list, results: list, opts: SlurmOptions, log=pri
 
     A job left running (``wait=False``) gets ``{"ok": False, "pending": True, ...}``."""
     from .jobs import _result
-    from .reporting import atomic_write_text
+    from ..reporting import atomic_write_text
 
     opts.check()
     submitit = require_slurm()

@@ -1,0 +1,74 @@
+"""Run by tests/test_clothing1m.py under ``torchrun --standalone --nproc_per_node 2`` (gloo): the
+streamed path (a Clothing1M tree, one DataLoader worker per rank) under DDP, then ``fit`` into OUT.
+
+    torchrun --standalone --nproc_per_node 2 tests/ddp_stream_check.py TREE OUT
+"""
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hallnll import distributed, engine, load_config  # noqa: E402
+from hallnll.data.stream import StreamImages  # noqa: E402
+from hallnll.run import Run  # noqa: E402
+from hallnll.train import fit, prepare  # noqa: E402
+
+torch.set_num_threads(1)
+tree, out = Path(sys.argv[1]), Path(sys.argv[2])
+# the CPU-sized Clothing1M run of tests/test_clothing1m.py (TINY), one decoding worker per rank, 2 epochs
+TINY = ["nets=1", "image_size=32", "resize_size=36", "arch=small_cnn", "width=8", "pretrained=", "batch_size=16",
+        "epoch_batches=4", "epochs=2", "lr_decay_epoch=0", "loader_workers=1", "bn_recal_images=32",
+        "diagnostics=false", "progress=false", "eval_batch_size=64", "checkpoint_every=0", f"data_root={tree}"]
+distributed.setup()
+w, r = distributed.world(), distributed.rank()
+assert w == 2, w
+cfg = load_config("clothing1m", TINY)
+
+planned = []  # (train?, size) of every request this rank's workers were asked to decode
+_loader = StreamImages._loader
+StreamImages._loader = lambda self, reqs: (planned.extend((bool(q[2]), len(q[0])) for q in reqs), _loader(self, reqs))[1]
+
+
+def same_on_all_ranks(name, obj: dict):
+    objs = [None] * w
+    dist.all_gather_object(objs, obj)
+    bad = [k for k in obj if not torch.equal(obj[k], objs[1 - r][k])]
+    assert not bad, f"{name} differ between ranks: {bad[:5]}"
+
+
+data, noisy, _ = prepare(cfg)
+run = Run(cfg, data, noisy)
+assert run.train_x.streamed and run.train_x.workers == 1
+n = len(noisy)
+# a global step: each rank scores its shard (decoded by its workers), gathered in order = one process on all N
+logits, feats = distributed.predict_all(run.model, run.train_x, cfg.eval_batch_size)
+shard_requests = list(planned)
+want, want_f = engine.predict(run.model, run.train_x, cfg.eval_batch_size)
+torch.testing.assert_close(logits, want, rtol=0, atol=1e-5)
+torch.testing.assert_close(feats, want_f, rtol=0, atol=1e-5)
+sl = distributed.shard(n)
+assert sum(k for _, k in shard_requests) == sl.stop - sl.start == n // 2, shard_requests
+# a warm-up and an SSL epoch: every training request is this rank's half (8) of a global batch of 16;
+# the BatchNorm re-estimation (rank 0's statistics are kept) decodes its 32 images whole on each rank
+for _ in range(2):
+    planned.clear()
+    row = run.epoch()
+    sizes = Counter(k for train, k in planned if train)
+    if row["phase"] == "warmup":
+        assert sizes == {8: 8, 16: 2}, sizes  # the warm-up draw of 128: 8 steps
+    else:
+        assert set(sizes) == {8, 16} and sizes[16] == 2 and sizes[8] % 2 == 0, sizes  # labeled + unlabeled parts
+        assert (False, 32) in planned, planned  # the easiness pass: this rank's shard of the draw of 64
+state = run.model.state_dict()
+same_on_all_ranks("parameters and buffers", state)
+_, sel, _ = run.select()
+same_on_all_ranks("selection", {"easy": sel.easy_mask, "clean_hard": sel.clean_hard_mask, "labels": sel.train_labels})
+if r == 0:
+    print(f"ddp_stream_check: shards {sl.stop - sl.start}+{n - (sl.stop - sl.start)} of {n}, training requests of 8 "
+          f"(half of 16) per rank, |easy| {int(sel.easy_mask.sum())}: identical on both ranks")
+fit(cfg, out)
+distributed.barrier()
+dist.destroy_process_group()
