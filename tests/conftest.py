@@ -135,7 +135,7 @@ def table5_quick(tmp_path_factory):
     import io
 
     def make(where):
-        from hallnll import reproduce
+        from hallnll.tools import reproduce
 
         before = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"  # the notebooks' kernels: one thread each
