@@ -180,8 +180,11 @@ def test_a_damaged_checkpoint_that_still_loads_is_refused_as_damaged(tiny, tmp_p
 def test_ctrl_c_then_the_same_command_resumes_saying_so_then_does_no_work(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     argv = ["train", "digits-quick", *sum((["--set", s] for s in [*TINY, "epochs=40"]), []), "--out", str(out)]
+    # SIGINT at its default in the child: a shell's background job (no job control) inherits it
+    # ignored, and Python then installs no KeyboardInterrupt handler, so Ctrl-C would do nothing
     p = subprocess.Popen([sys.executable, "-m", "hallnll", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=ENV, cwd=ROOT)
+                         text=True, env=ENV, cwd=ROOT,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not (out / "checkpoint.pt").exists() and time.time() - t0 < 120 and p.poll() is None:
         time.sleep(0.05)
