@@ -170,6 +170,16 @@ def synthetic_cifar(n_train: int, n_test: int, num_classes: int = 10, seed: int 
     return ImageData(f"synthetic-{num_classes}", xtr, ytr, xte, yte, classes=classes, mean=CIFAR_MEAN, std=CIFAR_STD)
 
 
+def bench_data(cfg: Config, opts: dict, synthetic: bool, dev) -> ImageData:
+    """The images a bench times: synthetic CIFAR-shaped ones (``opts`` n_train / n_test, else
+    CIFAR-10's sizes on CUDA and a small set elsewhere), or ``cfg``'s own dataset."""
+    if not synthetic:
+        return load_dataset(cfg)
+    n_tr = opts["n_train"] or (50000 if dev.type == "cuda" else 4096)
+    n_te = opts["n_test"] or (10000 if dev.type == "cuda" else 1024)
+    return synthetic_cifar(n_tr, n_te, 100 if cfg.dataset == "cifar100" else 10, cfg.seed)
+
+
 def _use_synthetic(cfg: Config, opts: dict, params, cfg_sets) -> bool:
     if opts["synthetic"] != "auto":
         return bool(opts["synthetic"])
@@ -234,12 +244,7 @@ def run_bench(cfg: Config, epochs: int = 3, opts: dict | None = None, data: Imag
     setup = {}
     t0 = time.perf_counter()
     if data is None:
-        if synthetic:
-            n_tr = opts["n_train"] or (50000 if dev.type == "cuda" else 4096)
-            n_te = opts["n_test"] or (10000 if dev.type == "cuda" else 1024)
-            data = synthetic_cifar(n_tr, n_te, 100 if cfg.dataset == "cifar100" else 10, cfg.seed)
-        else:
-            data = load_dataset(cfg)
+        data = bench_data(cfg, opts, synthetic, dev)
     setup["load_data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     data, noisy, _ = prepare(cfg, data, noisy, progress=False)

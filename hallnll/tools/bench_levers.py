@@ -23,10 +23,9 @@ import torch
 
 from .. import engine, levers, selection
 from ..config import Config, ConfigError
-from ..data import load_dataset
 from ..run import Run
 from ..train import prepare
-from .bench import _device_name, _log, _sync, _use_synthetic, _write_json, bench_config, run_bench, synthetic_cifar
+from .bench import _device_name, _log, _sync, _use_synthetic, _write_json, bench_config, bench_data, run_bench
 from .bench_report import lever_cells, row_text
 
 
@@ -162,12 +161,7 @@ def run_levers(params, cfg_sets, opts: dict, epochs: int, json_path, names=None,
     synthetic = _use_synthetic(base, opts, params, cfg_sets)
     dev = engine.resolve_device(base.device)
     t_start = time.perf_counter()
-    if synthetic:
-        n_tr = opts["n_train"] or (50000 if dev.type == "cuda" else 4096)
-        n_te = opts["n_test"] or (10000 if dev.type == "cuda" else 1024)
-        data = synthetic_cifar(n_tr, n_te, 100 if base.dataset == "cifar100" else 10, base.seed)
-    else:
-        data = load_dataset(base)
+    data = bench_data(base, opts, synthetic, dev)
     data, noisy, _ = prepare(base, data, progress=False)
     report = {"kind": "hallnll-bench-levers", "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
               "device": _device_name(dev), "device_type": dev.type, "torch": torch.__version__,
