@@ -135,6 +135,20 @@ def read_checkpoint(path) -> dict:
     return state
 
 
+def _changed_settings(cfg: Config, state: dict, free) -> tuple:
+    """``(saved, keys)``: the settings ``state`` was made with (a key it lacks at the value
+    that reproduces a run made before the key existed) and those of ``cfg`` that differ,
+    leaving out ``free`` and the settings its noise kind does not read; ``lr_decay_epoch``
+    differs only where the epochs done had another learning rate under the two."""
+    saved = Config().to_dict() | LEGACY_VALUES | dict(state["config"])
+    now = cfg.to_dict()
+    same_lr = all(engine.step_lr(1.0, t, int(saved.get("lr_decay_epoch") or 0)) == engine.step_lr(1.0, t, cfg.lr_decay_epoch)
+                  for t in range(int(state["epoch"])))
+    inert = inert_settings(now) if saved.get("noise") == now["noise"] else set()
+    skip = (set(free) | inert) - {"lr_decay_epoch"}
+    return saved, [k for k in now if k not in skip and saved.get(k) != now[k] and not (k == "lr_decay_epoch" and same_lr)]
+
+
 def check_resumable(cfg: Config, state: dict, path) -> None:
     """Refuse a checkpoint made with settings that change results (all but
     :data:`hallnll.config.RESULT_FREE`), or one already past ``cfg.epochs``.
@@ -145,16 +159,9 @@ def check_resumable(cfg: Config, state: dict, path) -> None:
     if state["epoch"] > cfg.epochs:
         raise CheckpointError(f"{str(path)!r} has already run {state['epoch']} epochs, more than epochs={cfg.epochs}; "
                               f"set epochs >= {state['epoch']}, another --out, or --no-resume")
-    saved = Config().to_dict() | LEGACY_VALUES | dict(state["config"])
-    now = cfg.to_dict()
-    done = int(state["epoch"])
-    same_lr = all(engine.step_lr(1.0, t, int(saved.get("lr_decay_epoch") or 0)) == engine.step_lr(1.0, t, cfg.lr_decay_epoch)
-                  for t in range(done))
-    inert = inert_settings(now) if saved.get("noise") == now["noise"] else set()
-    diff = [k for k in now if k not in RESULT_FREE and k not in inert and saved.get(k) != now[k]
-            and not (k == "lr_decay_epoch" and same_lr)]
+    saved, diff = _changed_settings(cfg, state, RESULT_FREE)
     if diff:
-        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff[:8])
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in diff[:8])
         raise CheckpointError(f"{str(path)!r} was made with other settings ({changes}{', ...' if len(diff) > 8 else ''}); "
                               f"resuming would mix two runs. Use the same settings, another --out, or --no-resume "
                               f"(resume=False) to start over in this folder")
@@ -163,7 +170,7 @@ def check_resumable(cfg: Config, state: dict, path) -> None:
 #: Settings that the warm-up (Alg. 1 lines 2-3, cross-entropy epochs) does not read: a
 #: run that differs from a warm-up checkpoint only in these (and in RESULT_FREE) may
 #: start from it (``fit(..., warm_start=...)``) and gives what training from scratch
-#: gives, epoch for epoch (tests/test_train.py). The hallucinator h_phi is built (and
+#: gives, epoch for epoch (tests/test_warm_start.py). The hallucinator h_phi is built (and
 #: seeded) at the start of every run but first trained after the warm-up, so with one
 #: network its settings are free too: the run keeps its own, fresh h_phi. With two
 #: networks the second is seeded after the first's h_phi, so h_phi's shape is not free.
@@ -178,7 +185,8 @@ def check_warm_start(cfg: Config, state: dict, path) -> None:
     """Refuse a warm start from a checkpoint that is not a warm-up this run would
     have trained itself: past its own or this run's warm-up, or made with settings
     that the warm-up reads (all but :data:`WARMUP_FREE`)."""
-    saved = Config().to_dict() | LEGACY_VALUES | dict(state["config"])
+    free = set(WARMUP_FREE) | set(RESULT_FREE) | (set(_HAL_SHAPE) if cfg.nets == 1 else set())
+    saved, changed = _changed_settings(cfg, state, free)
     done = int(state["epoch"])
     warm = lambda variant, w: variant == "ce" or done <= w  # noqa: E731  (every epoch done was cross-entropy)
     if not (warm(saved["variant"], saved["warmup_epochs"]) and warm(cfg.variant, cfg.warmup_epochs)):
@@ -188,17 +196,10 @@ def check_warm_start(cfg: Config, state: dict, path) -> None:
     if done > cfg.epochs:
         raise CheckpointError(f"cannot warm-start from {str(path)!r}: it has run {done} epochs, more than "
                               f"epochs={cfg.epochs}")
-    now = cfg.to_dict()
-    free = set(WARMUP_FREE) | set(RESULT_FREE) | (set(_HAL_SHAPE) if cfg.nets == 1 else set())
-    inert = inert_settings(now) if saved.get("noise") == now["noise"] else set()
-    diff = [k for k in now if k not in free and k not in inert and saved.get(k) != now[k]]
-    same_lr = all(engine.step_lr(1.0, t, int(saved.get("lr_decay_epoch") or 0)) == engine.step_lr(1.0, t, cfg.lr_decay_epoch)
-                  for t in range(done))
+    diff = [f"{k} (within the warm-up)" if k == "lr_decay_epoch" else k for k in changed]
     penalty = lambda variant, c: 0.0 if variant == "ce" else c.get("warmup_entropy_penalty", 0.0)  # noqa: E731
-    if penalty(saved["variant"], saved) != penalty(cfg.variant, now):
+    if penalty(saved["variant"], saved) != penalty(cfg.variant, cfg.to_dict()):
         diff.append("warmup_entropy_penalty (ce trains without it)")
-    if not same_lr:
-        diff.append("lr_decay_epoch (within the warm-up)")
     if diff:
         raise CheckpointError(f"cannot warm-start from {str(path)!r}: its warm-up was made with other settings that "
                               f"the warm-up reads ({', '.join(diff[:8])}); use the same settings or train from scratch")
