@@ -19,7 +19,7 @@ change of the method, so the golden comparison is made of three parts:
   any-CPU issue has the planted changes that fail it).
 - **every CPU, exactly**: a resumed run equals the uninterrupted one, and two
   runs of one seed are the same, bit for bit.
-- **the recorded CPU kind** (``cpu`` in the golden file): the whole 6-epoch
+- **the recorded CPU kind** (``cpu`` in the golden file: kernel ISAs and vendor): the whole 6-epoch
   run of every variant, to 1e-6. Elsewhere that comparison is skipped, saying so.
 
 Regenerate the files only for an intended change of behaviour, and say so.

@@ -44,17 +44,25 @@ WARMUP_KEYS = ("model", "opt", "gen", "rng", "epoch", "history")
 
 
 def cpu_kind() -> str:
-    """The CPU kernels a run uses: ATen's vector ISA and the one oneDNN may use
-    (``ONEDNN_MAX_CPU_ISA`` caps it; otherwise what the CPU flags allow)."""
+    """The CPU kernels a run uses: ATen's vector ISA, the one oneDNN may use
+    (``ONEDNN_MAX_CPU_ISA`` caps it; otherwise what the CPU flags allow) and the CPU's
+    vendor. The vendor is part of it because the same ISA is not the same arithmetic
+    across vendors: on 2026-12-02 an Intel Xeon run with ``ONEDNN_MAX_CPU_ISA=AVX2
+    ATEN_CPU_CAPABILITY=avx2`` gave the first warm-up epoch's loss 1.8648782 where the
+    AMD EPYC that made the golden file (AVX2 natively) gave 1.8649206 (MKL's and
+    oneDNN's kernels are chosen per CPU, not per ISA alone; ``MKL_ENABLE_INSTRUCTIONS``
+    and ``MKL_CBWR`` did not close the gap)."""
     aten = torch.backends.cpu.get_cpu_capability()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    flags = info.split()
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if not cap or cap == "ALL":
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            flags = []
         cap = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
-    return f"aten={aten} onednn={cap}"
+    vendor = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("vendor_id")), "unknown")
+    return f"aten={aten} onednn={cap} vendor={vendor}"
 
 
 def rows_without_timings(path) -> list:
