@@ -37,8 +37,9 @@ def warmup5(digits_cbased40, tmp_path_factory):
 
 
 def test_hallnll_beats_ce_on_digits_with_40pct_cbased_noise(digits_cbased40, warmup5, tmp_path):
-    # 5 warm-up + 5 SSL epochs, lr / 10 at epoch 9 (2026-12-02, /tmp script running this test's
-    # fits, seeds 0/1/2): hallnll beats ce by 10.9/11.3/8.0 points (best) and 13.8/12.7/15.8 (last);
+    # 5 warm-up + 5 SSL epochs, lr / 10 at epoch 9 (2026-12-02: this test's warmup5 + two fits, run
+    # as a script with --set seed=0/1/2, one torch thread; the broken selections by monkeypatching
+    # hallnll.selection.select_easy to select_easy(1 - omega) / all True): hallnll beats ce by 10.9/11.3/8.0 points (best) and 13.8/12.7/15.8 (last);
     # easy precision 0.875-0.886, labeled noise 0.118-0.138. Broken selections, seed 0: easiness
     # inverted (the hardest as easy) still beats ce by 5.6/8.4 points but its easy precision is
     # 0.448 and labeled noise 0.538; every sample labeled with its given label: +9.6/+12.0 points,
