@@ -1,6 +1,8 @@
 """hallnll.run.Run: the steps of Alg. 1 on digits, its state and the analysis built on it."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -24,33 +26,51 @@ def _rows(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
-def test_epoch_runs_the_steps_of_the_variant(setting):
+@pytest.fixture(scope="module")
+def three(setting):
+    """The first 3 epochs of the run (2 warm-up, 1 SSL), trained once: their metrics rows and
+    the run's state after them. ``three.run()`` is a fresh Run continued from that state."""
+    import copy
+
     cfg, data, noisy = setting
     run = Run(cfg, data, noisy)
     rows = [run.epoch() for _ in range(3)]
-    assert [r["phase"] for r in rows] == ["warmup", "warmup", "ssl"] and run.epochs_done == 3
+
+    state = copy.deepcopy(run.state_dict())
+    # trained: the trained run itself, only read (label_report, save) below
+    return SimpleNamespace(rows=rows, anchors=run.last_anchors, state=state, trained=run,
+                           run=lambda: _loaded(Run(cfg, data, noisy), copy.deepcopy(state)))
+
+
+def _loaded(run, state):
+    run.load_state_dict(state)
+    return run
+
+
+def test_epoch_runs_the_steps_of_the_variant(setting, three):
+    cfg, data, noisy = setting
+    rows = three.rows
+    assert [r["phase"] for r in rows] == ["warmup", "warmup", "ssl"] and three.state["epoch"] == 3
     # every training epoch ends with the BN re-estimation; the diagnostics are timed apart
     extra = {"bn_recal"} | ({"diagnostics"} if cfg.diagnostics else set())
     assert set(rows[0]["seconds"]) == {"warmup", "eval", "total"} | extra
     assert set(rows[2]["seconds"]) == {"easiness", "select_easy", "hallucinate", "select_hard", "ssl", "eval",
                                        "total"} | extra
-    assert rows[2]["n_labeled"] == rows[2]["n_easy"] + rows[2]["n_clean_hard"] and run.last_anchors is not None
+    assert rows[2]["n_labeled"] == rows[2]["n_easy"] + rows[2]["n_clean_hard"] and three.anchors is not None
     easy = Run(cfg.replace(variant="easy"), data, noisy)
     for _ in range(3):
         row = easy.epoch()
     assert "hallucinate" not in row["seconds"] and row["n_clean_hard"] == 0 and easy.last_anchors is None
 
 
-def test_state_dict_continues_the_run_exactly(setting):
+def test_state_dict_continues_the_run_exactly(setting, three):
     cfg, data, noisy = setting
     whole = Run(cfg, data, noisy)
     for _ in range(cfg.epochs):
         whole.epoch()
-    first = Run(cfg, data, noisy)
-    for _ in range(3):  # into the SSL epochs: generators and the hallucinator carry state
-        first.epoch()
+    # three: the first 3 epochs, into the SSL epochs (generators and the hallucinator carry state)
     second = Run(cfg, data, noisy)
-    second.load_state_dict(first.state_dict())
+    second.load_state_dict(three.state)
     while second.epochs_done < cfg.epochs:
         second.epoch()
     assert _rows(second.history) == _rows(whole.history)
@@ -58,14 +78,12 @@ def test_state_dict_continues_the_run_exactly(setting):
     other = noisy.clone()
     other[0] = (other[0] + 1) % 10
     with pytest.raises(TrainingError, match="other noisy labels"):
-        Run(cfg, data, other).load_state_dict(first.state_dict())
+        Run(cfg, data, other).load_state_dict(three.state)
 
 
-def test_snapshot_and_sweep_use_the_run_steps(setting):
+def test_snapshot_and_sweep_use_the_run_steps(setting, three):
     cfg, data, noisy = setting
-    run = Run(cfg, data, noisy)
-    for _ in range(3):
-        run.epoch()
+    run = three.run()
     snap = analysis.selection_snapshot(run)
     assert snap.feats.shape == (len(noisy), run.model.feature_dim)
     assert len(snap.anchors["anchors"]) == len(snap.hal.anchors) and snap.true is not None
@@ -94,11 +112,9 @@ def _moved(state: dict, device) -> dict:
     return mv(state)
 
 
-def test_a_loaded_run_keeps_its_last_selection_on_the_cpu(setting, tmp_path):
+def test_a_loaded_run_keeps_its_last_selection_on_the_cpu(setting, three, tmp_path):
     cfg, data, noisy = setting
-    run = Run(cfg, data, noisy)
-    for _ in range(3):
-        run.epoch()
+    run = three.trained
     want = run.label_report()
     run.save(tmp_path / "ck.pt")
     loaded = Run(cfg, data, noisy)
