@@ -46,13 +46,23 @@ def _rows(run_dir) -> list:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def tiny_seeds(tmp_path_factory) -> Path:
+    """Seeds 0-2 of TINY with --executor process (in this process, one thread), once per session
+    for all workers (conftest.made_once): the local runs the SLURM runs here must equal, and the
+    one-process runs of tests/test_distributed.py (the same run: its TINY)."""
+    from conftest import made_once
+
+    def make(out):
+        s = jobs.run_seeds(PARAMS, TINY, out, seeds=3, parallel=1)
+        assert all("error" not in x for x in s), s
+
+    return made_once(tmp_path_factory, "digits-tiny-seeds", make)
+
+
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """The same seeds with --executor process (in this process, one thread)."""
-    out = tmp_path_factory.mktemp("local")
-    s = jobs.run_seeds(PARAMS, TINY, out, seeds=2, parallel=1)
-    assert all("error" not in x for x in s), s
-    return out
+    return tiny_seeds(tmp_path_factory)
 
 
 def test_seeds_as_a_job_array_match_the_local_runs_and_report_a_failed_job(slurm, local, tmp_path, capsys):
@@ -111,21 +121,50 @@ def test_preempted_job_is_requeued_and_resumes_with_identical_metrics(slurm, loc
                                         .replace("%j", job_id)).joinpath(f"{job_id}_0_log.err").read_text()
 
 
-#: a run that is still training when SLURM's time-limit signal comes (tens of seconds)
-LONG = ["variant=ce", "epochs=150", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+#: the run of the time-limit test: 12 epochs of ce (about 3 s of training on one thread here)
+LONG = ["variant=ce", "epochs=12", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+#: its first allocation sleeps this long after every epoch but the first (before that epoch's checkpoint), so
+#: that it is still training when SLURM's time-limit signal comes, 10-40 s after its start, on any machine,
+#: while costing little CPU; the first epoch's checkpoint is written at once (the resume starts from it or a
+#: later one); the requeued allocation (SLURM_RESTART_COUNT >= 1) trains at full speed
+PAUSE_S = 5.0
+SLOW_FIRST_ALLOCATION = f"""\
+# on this job's PYTHONPATH only (tests/test_cluster.py): its first allocation pauses after every epoch
+import os
+if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
+    import time
+    from hallnll.run import Run
+    _epoch = Run.epoch
+    def _paused(self, *a, **k):
+        row = _epoch(self, *a, **k)
+        if self.epochs_done > 1:
+            time.sleep({PAUSE_S})
+        return row
+    Run.epoch = _paused
+"""
 
 
-def test_a_job_at_its_time_limit_is_requeued_and_resumes_with_identical_metrics(slurm, tmp_path, capsys):
+def test_a_job_at_its_time_limit_is_requeued_and_resumes_with_identical_metrics(slurm, tmp_path, capsys,
+                                                                                  monkeypatch):
     """A real timeout: with --timeout-min 1, SLURM itself signals the job (USR2 20 s before the
     limit, SlurmOptions.signal_delay; slurmctld looks every 30 s: 10-40 s after the start),
     submitit calls JobTask.checkpoint and requeues it, and the requeued run resumes from its
-    checkpoint.pt. Up to a minute of wall time; the same run uninterrupted trains here while the
-    requeued one resumes."""
-    out, ref = tmp_path / "to", tmp_path / "ref"
+    checkpoint.pt with the metrics of the same run uninterrupted (trained here meanwhile).
+    The first allocation pauses PAUSE_S after every epoch but the first (a sitecustomize on its
+    PYTHONPATH), so it lasts 11 x 5 s > the 40 s before the signal on any machine at little CPU
+    cost; the signal comes in a pause, after an epoch whose checkpoint is not yet written: that
+    epoch is redone."""
+    out, ref, hook = tmp_path / "to", tmp_path / "ref", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_FIRST_ALLOCATION)
     args = ["train", PARAMS, *sum((["--set", o] for o in LONG), []), "--out", str(out), "--seeds", "1",
             "--executor", "slurm", "--timeout-min", "1", "--cpus", "1", "--mem-gb", "1"]
-    assert cli.main(args + ["--no-wait"]) == 0
+    with monkeypatch.context() as m:  # sbatch passes the environment on: the hook, for this job only
+        m.setenv("PYTHONPATH", str(hook) + os.pathsep + os.environ["PYTHONPATH"])
+        assert cli.main(args + ["--no-wait"]) == 0
     job_id = json.loads((out / "seed0" / "slurm_job.json").read_text())["job_id"]
+    s = jobs.run_seeds(PARAMS, LONG, ref, seeds=1, parallel=1)  # meanwhile, here: the run uninterrupted
+    assert all("error" not in x for x in s), s
     t0, ran = time.time(), False
     while True:
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
@@ -133,17 +172,15 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_with_identical_metrics(
         if ran and "PENDING" in state:
             break
         assert not (out / "seed0" / "summary.json").exists(), "the run ended before its time limit"
-        assert time.time() - t0 < 150, "the job was not requeued at its time limit"
+        assert time.time() - t0 < 120, "the job was not requeued at its time limit"
         time.sleep(0.2)
     # requeued at its limit; SLURM holds it back a while (BeginTime): start it now, and give the
     # resumed part room to finish (its one-minute limit would signal it again)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now", "timelimit=10"], check=True)
-    s = jobs.run_seeds(PARAMS, LONG, ref, seeds=1, parallel=1)  # meanwhile, here: the run uninterrupted
-    assert all("error" not in x for x in s), s
     capsys.readouterr()
     assert cli.main(args) == 0
     summary = json.loads((out / "seed0" / "summary.json").read_text())
-    assert summary["resumed_from_epoch"] >= 1 and summary["epochs"] == 150
+    assert summary["resumed_from_epoch"] >= 1 and summary["epochs"] == 12
     assert _rows(out / "seed0") == _rows(ref / "seed0")
     log = Path(json.loads((out / "seed0" / "slurm_job.json").read_text())["folder"].replace("%j", job_id))
     err = log.joinpath(f"{job_id}_0_log.err").read_text()
