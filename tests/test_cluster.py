@@ -49,18 +49,36 @@ LONG = ["variant=ce", "epochs=12", "warmup_epochs=2", "noise=symmetric", "lr_dec
 #: later one); the requeued allocation (SLURM_RESTART_COUNT >= 1) trains at full speed
 PAUSE_S = 5.0
 SLOW_FIRST_ALLOCATION = f"""\
-# on this job's PYTHONPATH only (tests/test_cluster.py): its first allocation pauses after every epoch
+# on this job's PYTHONPATH only (tests/test_cluster.py): its first allocation pauses after every epoch.
+# Lazy (hallnll.run patched when the job imports it): importing torch here would delay submitit's
+# signal handler past the earliest signal (10 s after the start) on a busy machine (measured: killed by USR2).
 import os
+import sys
 if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
-    import time
-    from hallnll.run import Run
-    _epoch = Run.epoch
-    def _paused(self, *a, **k):
-        row = _epoch(self, *a, **k)
-        if self.epochs_done > 1:
-            time.sleep({PAUSE_S})
-        return row
-    Run.epoch = _paused
+    import importlib.abc
+    import importlib.machinery
+
+    class _PauseEpochs(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "hallnll.run":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):
+                run_module(module)
+                import time
+                epoch = module.Run.epoch
+
+                def paused(self, *a, **k):
+                    row = epoch(self, *a, **k)
+                    if self.epochs_done > 1:
+                        time.sleep({PAUSE_S})
+                    return row
+                module.Run.epoch = paused
+            spec.loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, _PauseEpochs())
 """
 
 
