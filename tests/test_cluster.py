@@ -41,7 +41,8 @@ def slurm():
         os.environ["PYTHONPATH"] = before
 
 
-#: the run of the time-limit test: 12 epochs of ce (about 3 s of training on one thread here)
+#: the run of the time-limit test: 12 epochs of ce (its uninterrupted reference, one thread: 26-69 s on
+#: 2026-12-02 on the 2-core dev machine at load average 8-10, python -m pytest -q -n 0 tests/test_cluster.py)
 LONG = ["variant=ce", "epochs=12", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
 #: its first allocation sleeps this long after every epoch but the first (before that epoch's checkpoint), so
 #: that it is still training when SLURM's time-limit signal comes, 10-40 s after its start, on any machine,
