@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py under ``torchrun --standalone --nproc_per_node 2`` (gloo):
-the checks of one DDP run on digits (N = 1,347, odd), then an uninterrupted ``fit`` into OUT.
+an uninterrupted ``fit`` into OUT, then the checks of that DDP run on digits (N = 1,347, odd).
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_check.py OUT [fit-only]
 """
@@ -12,8 +12,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hallnll import distributed, engine, load_config, selection  # noqa: E402
-from hallnll.run import Run  # noqa: E402
-from hallnll.train import fit, prepare  # noqa: E402
+from hallnll.train import fit  # noqa: E402
 
 torch.set_num_threads(1)
 TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]  # = test_distributed.TINY
@@ -35,17 +34,15 @@ def same_on_all_ranks(name, obj):
             assert torch.equal(obj, o), f"{name} differ between ranks"
 
 
-if "fit-only" not in sys.argv:
-    data, noisy, _ = prepare(cfg)
-    n = len(noisy)
+res = fit(cfg, out)  # two warm-up epochs and two SSL epochs (DDP steps); rank 0 writes OUT
+if "fit-only" not in sys.argv:  # the checks, on the weights the run ended with
+    run = res.run
+    n = len(run.given)
     assert n == 1347
     # every index scored exactly once, in order, no padding
     idx = distributed.gather_rows(torch.arange(n)[distributed.shard(n)])
     assert torch.equal(idx, torch.arange(n)), "the shards do not cover 0..N-1 once each"
     assert distributed.shard(n, 0).stop - distributed.shard(n, 0).start == 674  # 674 + 673
-    run = Run(cfg, data, noisy)
-    for _ in range(3):  # two warm-up epochs and one SSL epoch (DDP steps)
-        run.epoch()
     # gathered per-sample losses and features equal those of one process on the same weights
     ez = run.easiness()
     logits1, feats1 = engine.predict(run.model, run.train_x, cfg.eval_batch_size)
@@ -63,7 +60,6 @@ if "fit-only" not in sys.argv:
     if r == 0:
         print(f"ddp_check: rank shards 674+673, |easy| {int(sel.easy_mask.sum())}, "
               f"|clean-hard| {int(sel.clean_hard_mask.sum())}: identical on both ranks")
-fit(cfg, out)
 distributed.barrier()
 if r == 1:
     assert not (out / "rank1").exists()

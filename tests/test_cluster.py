@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -40,22 +41,145 @@ def slurm():
         os.environ["PYTHONPATH"] = before
 
 
+#: the run of the time-limit test: 12 epochs of ce (its uninterrupted reference, one thread: 26-69 s on
+#: 2026-12-02 on the 2-core dev machine at load average 8-10, python -m pytest -q -n 0 tests/test_cluster.py)
+LONG = ["variant=ce", "epochs=12", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+#: its first allocation sleeps this long after every epoch but the first (before that epoch's checkpoint), so
+#: that it is still training when SLURM's time-limit signal comes, 10-40 s after its start, on any machine,
+#: while costing little CPU; the first epoch's checkpoint is written at once (the resume starts from it or a
+#: later one); the requeued allocation (SLURM_RESTART_COUNT >= 1) trains at full speed
+PAUSE_S = 5.0
+SLOW_FIRST_ALLOCATION = f"""\
+# on this job's PYTHONPATH only (tests/test_cluster.py): its first allocation pauses after every epoch.
+# Lazy (hallnll.run patched when the job imports it): importing torch here would delay submitit's
+# signal handler past the earliest signal (10 s after the start) on a busy machine (measured: killed by USR2).
+import os
+import sys
+if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
+    import importlib.abc
+    import importlib.machinery
+
+    class _PauseEpochs(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "hallnll.run":
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            run_module = spec.loader.exec_module
+
+            def exec_module(module):
+                run_module(module)
+                import time
+                epoch = module.Run.epoch
+
+                def paused(self, *a, **k):
+                    row = epoch(self, *a, **k)
+                    if self.epochs_done > 1:
+                        time.sleep({PAUSE_S})
+                    return row
+                module.Run.epoch = paused
+            spec.loader.exec_module = exec_module
+            return spec
+    sys.meta_path.insert(0, _PauseEpochs())
+"""
+
+
+def _time_limit_args(out) -> list:
+    return ["train", PARAMS, *sum((["--set", o] for o in LONG), []), "--out", str(out), "--seeds", "1",
+            "--executor", "slurm", "--timeout-min", "1", "--cpus", "1", "--mem-gb", "1"]
+
+
+@pytest.fixture(scope="module")
+def time_limit_job(slurm, tmp_path_factory):
+    """The job of the time-limit test (LONG, --timeout-min 1, paused first allocation), submitted
+    with --no-wait as early as the module's first test that asks (the seeds test asks first, so
+    the 10-40 s until SLURM signals it pass while that test runs; it holds one of the node's CPUs
+    meanwhile). Yields (folder, job id, the watching thread, what it saw); cancelled at the end
+    where it is still queued."""
+    import contextlib
+    import io
+
+    base = tmp_path_factory.mktemp("timelimit")
+    hook = base / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SLOW_FIRST_ALLOCATION)
+    before = os.environ["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = str(hook) + os.pathsep + before  # sbatch passes it on: the hook, for this job only
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            assert cli.main(_time_limit_args(base / "to") + ["--no-wait"]) == 0, said.getvalue()
+    finally:
+        os.environ["PYTHONPATH"] = before
+    job_id = json.loads((base / "to" / "seed0" / "slurm_job.json").read_text())["job_id"]
+    seen = {}
+    watch = threading.Thread(target=_release_when_requeued, args=(job_id, base / "to" / "seed0", seen), daemon=True)
+    watch.start()
+    yield base, job_id, watch, seen
+    seen["stop"] = True
+    watch.join(5)
+    subprocess.run(["scancel", job_id], capture_output=True)  # a no-op where it has finished
+
+
+def _release_when_requeued(job_id, run_dir, seen, limit_s=100.0, queue_s=600.0):
+    """Watches the job (in a thread, while other tests run): once submitit has requeued it at
+    SLURM's signal (scontrol: pending, restarted once), SLURM holds it back a while (BeginTime):
+    start it now, and give the resumed part room to finish (its one-minute limit would signal it
+    again). ``seen``: what the test asserts (requeued, the run unfinished then, or why not). The
+    clock starts when the job runs (the node may be busy with other jobs before)."""
+    t0, ran = time.time(), None
+    while not seen.get("stop"):
+        state, restarts = _job_state(job_id)
+        if ran is None and state == "RUNNING":
+            ran = time.time()
+        if restarts >= 1 and state == "PENDING":
+            seen["finished_before_requeue"] = (Path(run_dir) / "summary.json").exists()
+            seen["update"] = subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now",
+                                             "timelimit=10"], capture_output=True, text=True).returncode
+            seen["requeued_after_s"] = time.time() - (ran or t0)
+            return
+        late = time.time() - ran > limit_s if ran is not None else time.time() - t0 > queue_s
+        if state not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING") or late:
+            seen["gave_up"] = (f"job {job_id}: {state}, {restarts} restart(s), {time.time() - t0:.0f} s after its "
+                               f"submission, {time.time() - ran if ran else 0:.0f} s after its start")
+            return
+        time.sleep(0.2)
+
+
+def _job_state(job_id) -> tuple:
+    """(JobState, Restarts) of a job, from scontrol (which, unlike squeue, counts requeues)."""
+    info = dict(kv.split("=", 1) for kv in subprocess.run(["scontrol", "show", "job", "-o", job_id],
+                                                           capture_output=True, text=True).stdout.split()
+                if "=" in kv)
+    return info.get("JobState"), int(info.get("Restarts", 0))
+
+
 def _rows(run_dir) -> list:
     """metrics.jsonl without its timings: what must be identical between two runs."""
     rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def tiny_seeds(tmp_path_factory) -> Path:
+    """Seeds 0-2 of TINY with --executor process (in this process, one thread), once per session
+    for all workers (conftest.made_once): the local runs the SLURM runs here must equal, and the
+    one-process runs of tests/test_distributed.py (the same run: its TINY)."""
+    from conftest import made_once
+
+    def make(out):
+        s = jobs.run_seeds(PARAMS, TINY, out, seeds=3, parallel=1)
+        assert all("error" not in x for x in s), s
+
+    return made_once(tmp_path_factory, "digits-tiny-seeds", make)
+
+
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     """The same seeds with --executor process (in this process, one thread)."""
-    out = tmp_path_factory.mktemp("local")
-    s = jobs.run_seeds(PARAMS, TINY, out, seeds=2, parallel=1)
-    assert all("error" not in x for x in s), s
-    return out
+    return tiny_seeds(tmp_path_factory)
 
 
-def test_seeds_as_a_job_array_match_the_local_runs_and_report_a_failed_job(slurm, local, tmp_path, capsys):
+def test_seeds_as_a_job_array_match_the_local_runs_and_report_a_failed_job(slurm, time_limit_job, local, tmp_path,
+                                                                           capsys):
+    # time_limit_job: submitted first, its wait for SLURM's signal passes while this test runs
     out = tmp_path / "slurm"
     (out / "seed2").mkdir(parents=True)
     (out / "seed2" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # this job fails; the others land
@@ -111,39 +235,28 @@ def test_preempted_job_is_requeued_and_resumes_with_identical_metrics(slurm, loc
                                         .replace("%j", job_id)).joinpath(f"{job_id}_0_log.err").read_text()
 
 
-#: a run that is still training when SLURM's time-limit signal comes (tens of seconds)
-LONG = ["variant=ce", "epochs=150", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
-
-
-def test_a_job_at_its_time_limit_is_requeued_and_resumes_with_identical_metrics(slurm, tmp_path, capsys):
+def test_a_job_at_its_time_limit_is_requeued_and_resumes_with_identical_metrics(slurm, time_limit_job, capsys):
     """A real timeout: with --timeout-min 1, SLURM itself signals the job (USR2 20 s before the
     limit, SlurmOptions.signal_delay; slurmctld looks every 30 s: 10-40 s after the start),
     submitit calls JobTask.checkpoint and requeues it, and the requeued run resumes from its
-    checkpoint.pt. Up to a minute of wall time; the same run uninterrupted trains here while the
-    requeued one resumes."""
-    out, ref = tmp_path / "to", tmp_path / "ref"
-    args = ["train", PARAMS, *sum((["--set", o] for o in LONG), []), "--out", str(out), "--seeds", "1",
-            "--executor", "slurm", "--timeout-min", "1", "--cpus", "1", "--mem-gb", "1"]
-    assert cli.main(args + ["--no-wait"]) == 0
-    job_id = json.loads((out / "seed0" / "slurm_job.json").read_text())["job_id"]
-    t0, ran = time.time(), False
-    while True:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-        ran = ran or "RUNNING" in state
-        if ran and "PENDING" in state:
-            break
-        assert not (out / "seed0" / "summary.json").exists(), "the run ended before its time limit"
-        assert time.time() - t0 < 150, "the job was not requeued at its time limit"
-        time.sleep(0.2)
-    # requeued at its limit; SLURM holds it back a while (BeginTime): start it now, and give the
-    # resumed part room to finish (its one-minute limit would signal it again)
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now", "timelimit=10"], check=True)
+    checkpoint.pt with the metrics of the same run uninterrupted (trained here meanwhile).
+    The job was submitted by the module's first test (time_limit_job). Its first allocation
+    pauses PAUSE_S after every epoch but the first (a sitecustomize on its PYTHONPATH), so it
+    lasts 11 x 5 s > the 40 s before the signal on any machine at little CPU cost; the signal
+    comes in a pause, after an epoch whose checkpoint is not yet written: that epoch is redone.
+    A thread started with the job releases it from SLURM's hold once it is requeued."""
+    base, job_id, watch, seen = time_limit_job
+    out, ref = base / "to", base / "ref"
     s = jobs.run_seeds(PARAMS, LONG, ref, seeds=1, parallel=1)  # meanwhile, here: the run uninterrupted
     assert all("error" not in x for x in s), s
+    watch.join(700)  # requeued at its limit and started again (_release_when_requeued)
+    assert "requeued_after_s" in seen, seen.get("gave_up", "the job was not requeued at its time limit")
+    assert not seen["finished_before_requeue"], "the run ended before its time limit"
+    assert seen["update"] == 0, "scontrol update starttime=now failed"
     capsys.readouterr()
-    assert cli.main(args) == 0
+    assert cli.main(_time_limit_args(out)) == 0
     summary = json.loads((out / "seed0" / "summary.json").read_text())
-    assert summary["resumed_from_epoch"] >= 1 and summary["epochs"] == 150
+    assert summary["resumed_from_epoch"] >= 1 and summary["epochs"] == 12
     assert _rows(out / "seed0") == _rows(ref / "seed0")
     log = Path(json.loads((out / "seed0" / "slurm_job.json").read_text())["folder"].replace("%j", job_id))
     err = log.joinpath(f"{job_id}_0_log.err").read_text()

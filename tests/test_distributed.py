@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+import test_cluster
 from hallnll import load_config
-from hallnll.train import fit
+from test_cluster import tiny_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tests" / "ddp_check.py"
@@ -52,12 +53,15 @@ def _rows(d) -> list:
             for x in (Path(d) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_score_all_samples_once_agree_on_the_selection_and_resume_after_kill(tmp_path):
+def test_two_ranks_score_all_samples_once_agree_on_the_selection_and_resume_after_kill(tmp_path, tmp_path_factory):
     pytest.importorskip("torch.distributed")
     a, b = tmp_path / "a", tmp_path / "b"
     p = _torchrun(a)
-    # meanwhile, in this process: the same run in one process (the same global batch), seeds 0, 1, 2
-    one = [fit(load_config(PARAMS, TINY + [f"seed={s}"])).summary["last_acc"] for s in range(3)]
+    # the same run in one process (the same global batch), seeds 0, 1, 2: tests/test_cluster.py's
+    # local runs (made once per session, here meanwhile where they are not made yet)
+    assert load_config(PARAMS, TINY) == load_config(PARAMS, test_cluster.TINY)
+    runs = tiny_seeds(tmp_path_factory)
+    one = [json.loads((runs / f"seed{s}" / "summary.json").read_text())["last_acc"] for s in range(3)]
     text, _ = p.communicate(timeout=300)
     assert p.returncode == 0, text
     assert "identical on both ranks" in text
