@@ -301,7 +301,7 @@ def test_every_training_step_has_one_shape(p):
 # ================================================================ compiled steps (aot_eager on the CPU)
 def _two_epochs(overrides):
     torch._dynamo.reset()
-    run = _run(overrides, epochs=2, warmup=1)
+    run = _run([*overrides, "train_subset=512"], epochs=2, warmup=1)  # 4 steps of 128 an epoch: compiled and replayed
     rows = [run.epoch(), run.epoch()]
     return run, rows
 

@@ -18,7 +18,7 @@ from conftest import TABLE5_TINY
 ROOT = Path(__file__).resolve().parents[1]
 
 # a few seconds per run on a loaded 2-core CPU
-TINY = TABLE5_TINY  # ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0"]
+TINY = TABLE5_TINY  # ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0", "train_subset=512"]
 
 
 @pytest.fixture(autouse=True)

@@ -429,7 +429,8 @@ def test_bench_parallel_sums_throughput(tmp_path, monkeypatch):
     out = tmp_path / "par.json"
     args = argparse.Namespace(params=None, epochs=1, json=str(out),
                               set=["dataset=digits", "arch=small_cnn", "device=cpu", "variant=ce", "epochs=20",
-                                   "lr_decay_epoch=0", "bench.parallel=2"])
+                                   "lr_decay_epoch=0", "bench.parallel=2",
+                                   "train_subset=256", "test_subset=100"])  # the plumbing: 2 processes, a barrier, a sum
     t = time.perf_counter()
     assert bench.main(args) == 0
     r = json.loads(out.read_text())
