@@ -45,6 +45,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,7 +406,12 @@ def _report(cfg: Config, out_dir, data, noisy, resume: bool, progress) -> tuple:
 
 # ---------------------------------------------------------------- the settings of a report
 def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 units (where ``cpu_bf16`` was measured faster)."""
+    """Whether this CPU has AMX bf16 units that oneDNN may use (where ``cpu_bf16`` was measured
+    faster): not where ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below AMX (e.g. ``AVX2``: bf16 is then
+    emulated, 10x slower: ``find_label_issues`` on digits took 39 s instead of 3.5 s)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if cap not in ("", "ALL", "DEFAULT") and "AMX" not in cap:
+        return False
     try:
         return "amx_bf16" in Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -131,13 +131,18 @@ def test_a_finished_report_is_resumed_not_recomputed(folder_run, capsys):
     assert (out / "label_issues.csv").read_text() == before
 
 
-def test_folder_config_sizes_to_the_data(tmp_path):
+def test_folder_config_sizes_to_the_data(tmp_path, monkeypatch):
     truth = digits_folder(tmp_path, n_train=300, n_test=10)
     cfg = folder_config(tmp_path / "train.csv", None, None, [])
     assert (cfg.arch, cfg.width, cfg.device, cfg.hflip) == ("preact_resnet18", 16, "cpu", True)  # the CPU profile
     from hallnll.label_issues import cpu_has_amx
 
     assert cfg.cpu_bf16 == cpu_has_amx()
+    # oneDNN capped below AMX (the AVX2 kernels): bf16 would be emulated, so it is not chosen
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cpu_has_amx()
+    assert not folder_config(tmp_path / "train.csv", None, None, []).cpu_bf16
+    monkeypatch.undo()
     assert cfg.image_size == 8 and cfg.crop_padding == 1  # the images' own side, not upscaled to 16
     assert cfg.batch_size == 16 and cfg.name == tmp_path.name  # 150 images per run: the smallest batch
     cfg = folder_config(tmp_path / "train.csv", None, None, ["image_size=12", "batch_size=64", "name=x"])
