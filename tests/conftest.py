@@ -112,6 +112,24 @@ def cifar10(cifar10_root):
     return load_cifar("cifar10", cifar10_root, download=False)
 
 
+#: the tiny digits run of tests/test_cluster.py and tests/test_distributed.py (params/digits-quick.yaml)
+DIGITS_TINY = ["epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+
+
+@pytest.fixture(scope="session")
+def digits_tiny_seeds(tmp_path_factory):
+    """Seeds 0-2 of DIGITS_TINY with --executor process (in this process, one thread), once per
+    session for all workers: the local runs the SLURM runs of tests/test_cluster.py must equal,
+    and the one-process runs of tests/test_distributed.py."""
+    def make(out):
+        from hallnll.tools import jobs
+
+        s = jobs.run_seeds(str(REPO / "params" / "digits-quick.yaml"), DIGITS_TINY, out, seeds=3, parallel=1)
+        assert all("error" not in x for x in s), s
+
+    return made_once(tmp_path_factory, "digits-tiny-seeds", make)
+
+
 #: the tiny schedule of `reproduce table5 --scale quick` in the tests (a few seconds per run): 3 epochs
 #: (one SSL epoch) on the first 512 of digits' 1,347 training images
 TABLE5_TINY = ["epochs=3", "warmup_epochs=2", "cbased_epochs=2", "lr_decay_epoch=0", "train_subset=512"]

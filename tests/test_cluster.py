@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DIGITS_TINY
 from hallnll.tools import cli, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = str(ROOT / "params" / "digits-quick.yaml")
-TINY = ["epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
+TINY = DIGITS_TINY  # the runs of conftest.digits_tiny_seeds
 SETS = sum((["--set", o] for o in TINY), [])
 SLURM = ["--executor", "slurm", "--timeout-min", "5", "--cpus", "1", "--mem-gb", "1"]
 
@@ -158,27 +159,9 @@ def _rows(run_dir) -> list:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
-def tiny_seeds(tmp_path_factory) -> Path:
-    """Seeds 0-2 of TINY with --executor process (in this process, one thread), once per session
-    for all workers (conftest.made_once): the local runs the SLURM runs here must equal, and the
-    one-process runs of tests/test_distributed.py (the same run: its TINY)."""
-    from conftest import made_once
-
-    def make(out):
-        s = jobs.run_seeds(PARAMS, TINY, out, seeds=3, parallel=1)
-        assert all("error" not in x for x in s), s
-
-    return made_once(tmp_path_factory, "digits-tiny-seeds", make)
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    """The same seeds with --executor process (in this process, one thread)."""
-    return tiny_seeds(tmp_path_factory)
-
-
-def test_seeds_as_a_job_array_match_the_local_runs_and_report_a_failed_job(slurm, time_limit_job, local, tmp_path,
-                                                                           capsys):
+def test_seeds_as_a_job_array_match_the_local_runs_and_report_a_failed_job(slurm, time_limit_job, digits_tiny_seeds,
+                                                                           tmp_path, capsys):
+    local = digits_tiny_seeds  # the same seeds with --executor process (conftest)
     # time_limit_job: submitted first, its wait for SLURM's signal passes while this test runs
     out = tmp_path / "slurm"
     (out / "seed2").mkdir(parents=True)
@@ -203,7 +186,8 @@ def test_seeds_as_a_job_array_match_the_local_runs_and_report_a_failed_job(slurm
     assert "as SLURM job array" not in text and text.count("skip  seed") == 2
 
 
-def test_preempted_job_is_requeued_and_resumes_with_identical_metrics(slurm, local, tmp_path, capsys):
+def test_preempted_job_is_requeued_and_resumes_with_identical_metrics(slurm, digits_tiny_seeds, tmp_path, capsys):
+    local = digits_tiny_seeds
     out = tmp_path / "rq"
     args = ["train", PARAMS, *SETS, "--out", str(out), "--seeds", "1", *SLURM]
     assert cli.main(args + ["--no-wait"]) == 0

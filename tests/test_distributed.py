@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import test_cluster
+from conftest import DIGITS_TINY
 from hallnll import load_config
-from test_cluster import tiny_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tests" / "ddp_check.py"
@@ -53,14 +52,14 @@ def _rows(d) -> list:
             for x in (Path(d) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_score_all_samples_once_agree_on_the_selection_and_resume_after_kill(tmp_path, tmp_path_factory):
+def test_two_ranks_score_all_samples_once_agree_on_the_selection_and_resume_after_kill(tmp_path, request):
     pytest.importorskip("torch.distributed")
     a, b = tmp_path / "a", tmp_path / "b"
     p = _torchrun(a)
-    # the same run in one process (the same global batch), seeds 0, 1, 2: tests/test_cluster.py's
-    # local runs (made once per session, here meanwhile where they are not made yet)
-    assert load_config(PARAMS, TINY) == load_config(PARAMS, test_cluster.TINY)
-    runs = tiny_seeds(tmp_path_factory)
+    # the same run in one process (the same global batch), seeds 0, 1, 2: conftest.digits_tiny_seeds
+    # (made once per session, shared with tests/test_cluster.py; here meanwhile where not made yet)
+    assert load_config(PARAMS, TINY) == load_config(PARAMS, DIGITS_TINY)
+    runs = request.getfixturevalue("digits_tiny_seeds")
     one = [json.loads((runs / f"seed{s}" / "summary.json").read_text())["last_acc"] for s in range(3)]
     text, _ = p.communicate(timeout=300)
     assert p.returncode == 0, text
