@@ -215,13 +215,13 @@ def no_host_reads(monkeypatch):
 # worker takes the rest of their file). Groups start longest first (ORDER), then in file order, so that no long group
 # starts last while the other worker idles. Measured with `python -m pytest --durations=0`.
 SOLO = (
-    "tests/test_fidelity.py::test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar",
+    "tests/test_fidelity.py::test_ssl_stage_stays_with_cross_entropy_on_clean_cifar",
     "tests/test_levers.py::test_gpu_speed_script_dry_run",
     "tests/test_reproduce.py::test_table5_quick_writes_results_and_does_not_redo_finished_runs",
     "tests/test_cluster.py::test_reproduce_table5_on_slurm_gives_the_process_table",
 )
 ORDER = (
-    "tests/test_fidelity.py::test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar",
+    "tests/test_fidelity.py::test_ssl_stage_stays_with_cross_entropy_on_clean_cifar",
     "tests/test_cluster.py",
     "tests/test_train.py",
     "tests/test_distributed.py",

