@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from . import cotrain, distributed, engine, levers, reporting, selection, ssl
-from .config import Config, ConfigError
+from .config import Config
 from .data import ImageData
 from .data.stream import balanced_draw, device_images
 from .hallucination import HallucinationResult, Hallucinator, hallucinate
@@ -200,11 +200,10 @@ class Run:
         levers.compile_run(self, data.streamed)  # compile / compile_step (hallnll.levers)
         # DDP under torchrun (hallnll.distributed): gradients averaged over the ranks, each on its part of a batch
         self.part = distributed.batch_part()
-        if self.part is not None:
-            if cfg.nets > 1:
-                raise ConfigError("nets=2 under torchrun (DDP) is not built yet: run the co-trained networks in one "
-                                  "process, or nets=1 over several")
-            self.train_model = self.nets[0].train_model = distributed.wrap(self.model)
+        if self.part is not None:  # each network its own DDP (nets=2: both co-trained networks data-parallel)
+            for n in self.nets:
+                n.train_model = distributed.wrap(n.model)
+            self.train_model = self.nets[0].train_model
         self.gen = torch.Generator(dev).manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.timer = Timer(dev)
