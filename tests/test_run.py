@@ -69,8 +69,7 @@ def test_state_dict_continues_the_run_exactly(setting, three):
     for _ in range(cfg.epochs):
         whole.epoch()
     # three: the first 3 epochs, into the SSL epochs (generators and the hallucinator carry state)
-    second = Run(cfg, data, noisy)
-    second.load_state_dict(three.state)
+    second = three.run()  # a fresh Run loaded with a copy of the state (its history list is appended to)
     while second.epochs_done < cfg.epochs:
         second.epoch()
     assert _rows(second.history) == _rows(whole.history)
