@@ -64,11 +64,10 @@ for _ in range(2):
     else:
         assert set(sizes) == {8, 16} and sizes[16] == 4 and sizes[8] % 2 == 0, sizes  # labeled + unlabeled parts
         assert planned.count((False, 32)) == 2, planned  # each network's easiness pass: this rank's shard of 64
+picks = []
 for k, net in enumerate(run.nets):
     same_on_all_ranks(f"network {k + 1}'s parameters and buffers", net.model.state_dict())
     assert net.train_model is not net.model and net.train_model.module is net.model  # its own DDP
-picks = []
-for k in range(2):
     with cotrain.acting(run, k):
         _, sel, _ = run.select()
     same_on_all_ranks(f"network {k + 1}'s selection",
