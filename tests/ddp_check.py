@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py under ``torchrun --standalone --nproc_per_node 2`` (gloo):
-an uninterrupted ``fit`` into OUT, then the checks of that DDP run on digits (N = 1,347, odd).
+an uninterrupted ``fit`` into OUT, then the checks of that DDP run on digits (the first N = 673 training images, odd).
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_check.py OUT [fit-only]
 """
@@ -15,7 +15,8 @@ from hallnll import distributed, engine, load_config, selection  # noqa: E402
 from hallnll.train import fit  # noqa: E402
 
 torch.set_num_threads(1)
-TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]  # = test_distributed.TINY
+TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false",
+        "train_subset=673"]  # = test_distributed.TINY
 out = Path(sys.argv[1])
 distributed.setup()
 w, r = distributed.world(), distributed.rank()
@@ -38,11 +39,11 @@ res = fit(cfg, out)  # two warm-up epochs and two SSL epochs (DDP steps); rank 0
 if "fit-only" not in sys.argv:  # the checks, on the weights the run ended with
     run = res.run
     n = len(run.given)
-    assert n == 1347
+    assert n == 673
     # every index scored exactly once, in order, no padding
     idx = distributed.gather_rows(torch.arange(n)[distributed.shard(n)])
     assert torch.equal(idx, torch.arange(n)), "the shards do not cover 0..N-1 once each"
-    assert distributed.shard(n, 0).stop - distributed.shard(n, 0).start == 674  # 674 + 673
+    assert distributed.shard(n, 0).stop - distributed.shard(n, 0).start == 337  # 337 + 336
     # gathered per-sample losses and features equal those of one process on the same weights
     ez = run.easiness()
     logits1, feats1 = engine.predict(run.model, run.train_x, cfg.eval_batch_size)
@@ -58,7 +59,7 @@ if "fit-only" not in sys.argv:  # the checks, on the weights the run ended with
     same_on_all_ranks("parameters", {k: v for k, v in state.items() if "running" not in k})
     same_on_all_ranks("BatchNorm buffers", {k: v for k, v in state.items() if "running" in k or "num_batches" in k})
     if r == 0:
-        print(f"ddp_check: rank shards 674+673, |easy| {int(sel.easy_mask.sum())}, "
+        print(f"ddp_check: rank shards 337+336, |easy| {int(sel.easy_mask.sum())}, "
               f"|clean-hard| {int(sel.clean_hard_mask.sum())}: identical on both ranks")
 distributed.barrier()
 if r == 1:

@@ -45,8 +45,8 @@ def slurm():
 #: the run of the time-limit test: 12 epochs of ce (its uninterrupted reference, one thread: 26-69 s on
 #: 2026-12-02 on the 2-core dev machine at load average 8-10, python -m pytest -q -n 0 tests/test_cluster.py)
 LONG = ["variant=ce", "epochs=12", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
-#: its first allocation sleeps this long after every epoch but the first (before that epoch's checkpoint), so
-#: that it is still training when SLURM's time-limit signal comes, 10-40 s after its start, on any machine,
+#: its first allocation (and the preempted job's) sleeps this long after every epoch but the first (before that
+#: epoch's checkpoint), so that it is still training when SLURM's time-limit signal (or the test's USR2) comes, 10-40 s after its start, on any machine,
 #: while costing little CPU; the first epoch's checkpoint is written at once (the resume starts from it or a
 #: later one); the requeued allocation (SLURM_RESTART_COUNT >= 1) trains at full speed
 PAUSE_S = 5.0
@@ -84,6 +84,19 @@ if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_RESTART_COUNT", "0")
 """
 
 
+def _submit_paused(args, hook) -> int:
+    """``hallnll ARGS --no-wait``: the job's first allocation pauses after every epoch but the first
+    (SLOW_FIRST_ALLOCATION in ``hook``, put on the PYTHONPATH that sbatch passes on: for this job only)."""
+    hook.mkdir(parents=True)
+    (hook / "sitecustomize.py").write_text(SLOW_FIRST_ALLOCATION)
+    before = os.environ["PYTHONPATH"]
+    os.environ["PYTHONPATH"] = str(hook) + os.pathsep + before
+    try:
+        return cli.main(args + ["--no-wait"])
+    finally:
+        os.environ["PYTHONPATH"] = before
+
+
 def _time_limit_args(out) -> list:
     return ["train", PARAMS, *sum((["--set", o] for o in LONG), []), "--out", str(out), "--seeds", "1",
             "--executor", "slurm", "--timeout-min", "1", "--cpus", "1", "--mem-gb", "1"]
@@ -100,16 +113,8 @@ def time_limit_job(slurm, tmp_path_factory):
     import io
 
     base = tmp_path_factory.mktemp("timelimit")
-    hook = base / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SLOW_FIRST_ALLOCATION)
-    before = os.environ["PYTHONPATH"]
-    os.environ["PYTHONPATH"] = str(hook) + os.pathsep + before  # sbatch passes it on: the hook, for this job only
-    try:
-        with contextlib.redirect_stdout(io.StringIO()) as said:
-            assert cli.main(_time_limit_args(base / "to") + ["--no-wait"]) == 0, said.getvalue()
-    finally:
-        os.environ["PYTHONPATH"] = before
+    with contextlib.redirect_stdout(io.StringIO()) as said:
+        assert _submit_paused(_time_limit_args(base / "to"), base / "hook") == 0, said.getvalue()
     job_id = json.loads((base / "to" / "seed0" / "slurm_job.json").read_text())["job_id"]
     seen = {}
     watch = threading.Thread(target=_release_when_requeued, args=(job_id, base / "to" / "seed0", seen), daemon=True)
@@ -190,7 +195,8 @@ def test_preempted_job_is_requeued_and_resumes_with_identical_metrics(slurm, dig
     local = digits_tiny_seeds
     out = tmp_path / "rq"
     args = ["train", PARAMS, *SETS, "--out", str(out), "--seeds", "1", *SLURM]
-    assert cli.main(args + ["--no-wait"]) == 0
+    # paused after epochs 2-4 in its first allocation: still running when the signal below comes
+    assert _submit_paused(args, tmp_path / "hook") == 0
     assert "submitted 1 run(s)" in capsys.readouterr().out
     job_id = json.loads((out / "seed0" / "slurm_job.json").read_text())["job_id"]
     metrics = out / "seed0" / "metrics.jsonl"

@@ -196,14 +196,16 @@ def test_lr_decay_epoch_lies_below_epochs_or_is_zero_for_none(digits_cbased40, t
 
 
 def test_quickstart_runs_the_four_variants_side_by_side_and_prints_their_table(tmp_path, capsys):
-    """`hallnll quickstart` (its schedule cut to 2 epochs here, one of them SSL): two worker processes, one table."""
+    """`hallnll quickstart` (its schedule cut to 2 epochs here, one of them SSL, on the first 512 training
+    images): two worker processes, one table."""
     rc = cli_main(["quickstart", "--out", str(tmp_path), "--no-progress", "--parallel", "2",
-                   "--set", "epochs=2", "--set", "warmup_epochs=1", "--set", "lr_decay_epoch=0"])
+                   "--set", "epochs=2", "--set", "warmup_epochs=1", "--set", "lr_decay_epoch=0",
+                   "--set", "train_subset=512"])
     out = capsys.readouterr().out
     assert rc == 0, out
     table = [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["ce"], ["gmm"], ["easy"], ["hallnll"])]
     assert table == ["ce", "gmm", "easy", "hallnll"]
-    assert "digits-cbased-40.csv" in out and "2 epochs" in out
+    assert "digits-cbased-40.csv" in out and "2 epochs" in out and "digits: 512 training" in out
     for v in ("ce", "gmm", "easy", "hallnll"):
         rows = [json.loads(line) for line in (tmp_path / v / "metrics.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in rows] == [1, 2] and (rows[-1]["phase"] == "ssl") == (v != "ce")
