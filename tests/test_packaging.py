@@ -51,3 +51,18 @@ def test_wheel_ships_params_and_notebooks(installed, tmp_path):
     assert names == "digits-quick cifar10-cbased-40"
     # the digits default's labels ship too, found by name from any folder
     assert labels.startswith(str(installed)) and labels.endswith("digits-cbased-40.csv 1347")
+
+
+def test_importing_hallnll_freezes_the_collector_at_exit():
+    """docs/running.md, "Exit": the handler runs at exit (before the handlers registered
+    before the import), and the process still ends with its own exit code and output."""
+    code = ("import atexit, gc, sys\n"
+            "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+            "import hallnll\n"
+            "print('frozen before exit:', gc.get_freeze_count() > 0)\n"
+            "sys.exit(3)\n")
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.splitlines() == ["frozen before exit: False", "frozen at exit: True"], proc.stdout
