@@ -46,8 +46,8 @@ def slurm():
 #: 2026-12-02 on the 2-core dev machine at load average 8-10, python -m pytest -q -n 0 tests/test_cluster.py)
 LONG = ["variant=ce", "epochs=12", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false"]
 #: its first allocation (and the preempted job's) sleeps this long after every epoch but the first (before that
-#: epoch's checkpoint), so that it is still training when SLURM's time-limit signal (or the test's USR2) comes, 10-40 s after its start, on any machine,
-#: while costing little CPU; the first epoch's checkpoint is written at once (the resume starts from it or a
+#: epoch's checkpoint), so that it is still training when SLURM's time-limit signal (10-40 s after its start) or
+#: the test's USR2 comes, on any machine, while costing little CPU; the first epoch's checkpoint is written at once (the resume starts from it or a
 #: later one); the requeued allocation (SLURM_RESTART_COUNT >= 1) trains at full speed
 PAUSE_S = 5.0
 SLOW_FIRST_ALLOCATION = f"""\
