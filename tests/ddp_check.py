@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under ``torchrun --standalone --nproc_per_node 2`` (gloo):
-an uninterrupted ``fit`` into OUT, then the checks of that DDP run on digits (the first N = 673 training images, odd).
+an uninterrupted ``fit`` into OUT, then the checks of that DDP run on digits (conftest.DIGITS_TINY: the first
+N training images, N odd, so that the two ranks' shards differ by one).
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_check.py OUT [fit-only]
 """
@@ -13,10 +14,10 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hallnll import distributed, engine, load_config, selection  # noqa: E402
 from hallnll.train import fit  # noqa: E402
+from conftest import DIGITS_TINY  # noqa: E402  (this script's folder, tests/, is on sys.path)
 
 torch.set_num_threads(1)
-TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false",
-        "train_subset=673"]  # = test_distributed.TINY
+TINY = ["variant=hallnll", *DIGITS_TINY]  # = test_distributed.TINY
 out = Path(sys.argv[1])
 distributed.setup()
 w, r = distributed.world(), distributed.rank()
@@ -39,11 +40,12 @@ res = fit(cfg, out)  # two warm-up epochs and two SSL epochs (DDP steps); rank 0
 if "fit-only" not in sys.argv:  # the checks, on the weights the run ended with
     run = res.run
     n = len(run.given)
-    assert n == 673
+    assert n == cfg.train_subset and n % 2 == 1, n
     # every index scored exactly once, in order, no padding
     idx = distributed.gather_rows(torch.arange(n)[distributed.shard(n)])
     assert torch.equal(idx, torch.arange(n)), "the shards do not cover 0..N-1 once each"
-    assert distributed.shard(n, 0).stop - distributed.shard(n, 0).start == 337  # 337 + 336
+    first = distributed.shard(n, 0).stop - distributed.shard(n, 0).start
+    assert first == (n + 1) // 2  # 337 + 336 for N = 673
     # gathered per-sample losses and features equal those of one process on the same weights
     ez = run.easiness()
     logits1, feats1 = engine.predict(run.model, run.train_x, cfg.eval_batch_size)
@@ -59,7 +61,7 @@ if "fit-only" not in sys.argv:  # the checks, on the weights the run ended with
     same_on_all_ranks("parameters", {k: v for k, v in state.items() if "running" not in k})
     same_on_all_ranks("BatchNorm buffers", {k: v for k, v in state.items() if "running" in k or "num_batches" in k})
     if r == 0:
-        print(f"ddp_check: rank shards 337+336, |easy| {int(sel.easy_mask.sum())}, "
+        print(f"ddp_check: rank shards {first}+{n - first}, |easy| {int(sel.easy_mask.sum())}, "
               f"|clean-hard| {int(sel.clean_hard_mask.sum())}: identical on both ranks")
 distributed.barrier()
 if r == 1:

@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "tests" / "ddp_check.py"
 PARAMS = ROOT / "params" / "digits-quick.yaml"
 #: the run of tests/ddp_check.py
-TINY = ["variant=hallnll", "epochs=4", "warmup_epochs=2", "noise=symmetric", "lr_decay_epoch=0", "progress=false",
-        "train_subset=673"]
+TINY = ["variant=hallnll", *DIGITS_TINY]
 
 
 def _torchrun(*args, **kw):
