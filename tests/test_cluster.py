@@ -84,6 +84,13 @@ if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_RESTART_COUNT", "0")
 """
 
 
+#: when the tests release a requeued job from SLURM's hold: one second on. The requeue revoked the
+#: job's credential in the second it happened (slurmd); a relaunch in that same second is refused
+#: ("Job N already killed, do not launch batch job", the job FAILED without output: seen in CI on
+#: 2026-12-02, and 6 of 6 times here with a requeue in a second's first 15 ms); now+1 is a later second
+RELEASE = "starttime=now+1"
+
+
 def _submit_paused(args, hook) -> int:
     """``hallnll ARGS --no-wait``: the job's first allocation pauses after every epoch but the first
     (SLOW_FIRST_ALLOCATION in ``hook``, put on the PYTHONPATH that sbatch passes on: for this job only)."""
@@ -138,7 +145,7 @@ def _release_when_requeued(job_id, run_dir, seen, limit_s=100.0, queue_s=600.0):
             ran = time.time()
         if restarts >= 1 and state == "PENDING":
             seen["finished_before_requeue"] = (Path(run_dir) / "summary.json").exists()
-            seen["update"] = subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now",
+            seen["update"] = subprocess.run(["scontrol", "update", f"jobid={job_id}", RELEASE,
                                              "timelimit=10"], capture_output=True, text=True).returncode
             seen["requeued_after_s"] = time.time() - (ran or t0)
             return
@@ -215,9 +222,9 @@ def test_preempted_job_is_requeued_and_resumes_with_identical_metrics(slurm, dig
     assert cli.main(args + ["--no-wait"]) == 0
     text = capsys.readouterr().out
     assert "still queued: seed0" in text and "as SLURM job array" not in text
-    # SLURM holds a requeued job back for a while (BeginTime); let this test cluster start it now
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"], check=True)
-    assert cli.main(args) == 0
+    # SLURM holds a requeued job back for a while (BeginTime); let this test cluster start it (RELEASE)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", RELEASE], check=True)
+    assert cli.main(args) == 0, capsys.readouterr().out
     summary = json.loads((out / "seed0" / "summary.json").read_text())
     assert summary["resumed_from_epoch"] >= 1 and summary["epochs"] == 4
     assert _rows(out / "seed0") == _rows(local / "seed0")
@@ -242,7 +249,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_with_identical_metrics(
     watch.join(700)  # requeued at its limit and started again (_release_when_requeued)
     assert "requeued_after_s" in seen, seen.get("gave_up", "the job was not requeued at its time limit")
     assert not seen["finished_before_requeue"], "the run ended before its time limit"
-    assert seen["update"] == 0, "scontrol update starttime=now failed"
+    assert seen["update"] == 0, f"scontrol update {RELEASE} failed"
     capsys.readouterr()
     assert cli.main(_time_limit_args(out)) == 0
     summary = json.loads((out / "seed0" / "summary.json").read_text())

@@ -141,13 +141,27 @@ class JobTask(_Checkpointable):
         return DelayedSubmission(self, job, True, noisy)
 
 
-def _queued(job_ids) -> set:
-    """The ids among ``job_ids`` that SLURM still has pending, running or requeued."""
+def _queued(job_ids) -> Optional[set]:
+    """The ids among ``job_ids`` that SLURM still has pending, running or requeued; None where
+    squeue itself failed (a busy controller): unknown, not gone."""
     if not job_ids:
         return set()
     proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-t", "PD,R,CG,CF,RQ,RS,S,RH", "-j", ",".join(job_ids)],
                           capture_output=True, text=True)
-    return set(proc.stdout.split()) & set(job_ids) if proc.returncode == 0 else set()
+    return set(proc.stdout.split()) & set(job_ids) if proc.returncode == 0 else None
+
+
+def _slurm_state(job_id) -> str:
+    """How SLURM ended a job that left the queue, from ``scontrol show job`` (kept ``MinJobAge``
+    after its end): e.g. ``FAILED (NonZeroExitCode), requeued 1x``; "" where it no longer knows."""
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    info = dict(kv.split("=", 1) for kv in proc.stdout.split() if "=" in kv) if proc.returncode == 0 else {}
+    if "JobState" not in info:
+        return ""
+    reason = info.get("Reason", "None")
+    restarts = int(info.get("Restarts", "0") or 0)
+    return (info["JobState"] + (f" ({reason})" if reason not in ("None", "") else "")
+            + (f", requeued {restarts}x" if restarts else ""))
 
 
 def _read_record(out_dir) -> Optional[dict]:
@@ -173,9 +187,12 @@ def _outcome(job, task, t0: float, died: bool = False) -> dict:
     from .jobs import _result
 
     log = str(task.paths.stderr)
-    if died:
-        line = _last_line(task.paths.stderr) or "the task left the SLURM queue without a result"
-        return _result(job, t0, ok=False, error=line, log=log, slurm_job=task.job_id)
+    if died:  # SLURM's word on it first: the log's last line may be an earlier allocation's
+        state = _slurm_state(task.job_id)
+        line = _last_line(task.paths.stderr)
+        error = (f"the task left the SLURM queue without a result" + (f" (SLURM: {state})" if state else "")
+                 + (f"; its log ends: {line}" if line else ""))
+        return _result(job, t0, ok=False, error=error, log=log, slurm_job=task.job_id)
     try:
         r = task.results()[0]  # rank 0's, under DDP
     except Exception as e:  # the task died: submitit's error holds the log's tail
@@ -204,6 +221,9 @@ def run_slurm(jobs: list, todo: list, results: list, opts: SlurmOptions, log=pri
     noisy_list = noisy.tolist() if noisy is not None and hasattr(noisy, "tolist") else noisy
     records = {i: _read_record(jobs[i].out_dir) for i in todo}
     running = _queued([r["job_id"] for r in records.values() if r])
+    if running is None:  # never submit twice what SLURM may still run
+        raise ClusterError("--executor slurm: squeue failed (the controller is busy or down); "
+                           "run the same command again in a moment")
     tasks, t0 = {}, time.perf_counter()
     for i in todo:
         rec = records[i]
@@ -251,7 +271,9 @@ def run_slurm(jobs: list, todo: list, results: list, opts: SlurmOptions, log=pri
             # submitit's own check, sacct, does not)
             done = task.paths.result_pickle.exists()
             if not done:
-                gone[i] = gone.get(i, 0) + 1 if task.job_id not in _queued([task.job_id]) else 0
+                queued = _queued([task.job_id])
+                if queued is not None:  # None: squeue failed, which counts neither way
+                    gone[i] = 0 if task.job_id in queued else gone.get(i, 0) + 1
             died = not done and gone.get(i, 0) >= 5  # left the queue without a result (killed): reported as failed
             if done or died:
                 k += 1
