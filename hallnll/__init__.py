@@ -20,10 +20,30 @@ around the method (the command line, many runs, the paper's tables, the
 bench, the notebooks' helpers) is :mod:`hallnll.tools`.
 """
 import atexit
+import contextlib
 import gc
 
-from .config import Config, ConfigError, load_config
-from .data import ImageData, DataError, load_dataset
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic collector paused while a block creates objects that live for the whole
+    process (imports: torch's is about a million objects, and the collector's full passes over
+    them are a sixth of its time), then those objects moved to the permanent generation
+    (``gc.freeze``), where every later collection skips them; the collector's own setting is
+    restored. docs/running.md, "Start"."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+with collector_paused():  # these import torch
+    from .config import Config, ConfigError, load_config
+    from .data import ImageData, DataError, load_dataset
 
 __version__ = "0.1.0"
 

@@ -53,16 +53,22 @@ def test_wheel_ships_params_and_notebooks(installed, tmp_path):
     assert labels.startswith(str(installed)) and labels.endswith("digits-cbased-40.csv 1347")
 
 
-def test_importing_hallnll_freezes_the_collector_at_exit():
-    """docs/running.md, "Exit": the handler runs at exit (before the handlers registered
-    before the import), and the process still ends with its own exit code and output."""
-    code = ("import atexit, gc, sys\n"
-            "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
-            "import hallnll\n"
-            "print('frozen before exit:', gc.get_freeze_count() > 0)\n"
-            "sys.exit(3)\n")
+def test_importing_hallnll_freezes_the_collector_after_its_imports_and_at_exit():
+    """docs/running.md, "Start" and "Exit": the import's objects (torch's) are frozen and the
+    collector's own setting comes back; the exit handler runs at exit (before the handlers
+    registered before the import), and the process still ends with its own exit code and output."""
     root = str(Path(__file__).resolve().parents[1])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": root})
-    assert proc.returncode == 3, proc.stderr
-    assert proc.stdout.splitlines() == ["frozen before exit: False", "frozen at exit: True"], proc.stdout
+    for enabled in (True, False):
+        code = ("import atexit, gc, sys\n"
+                "atexit.register(lambda: print('more frozen at exit:', gc.get_freeze_count() > n))\n"
+                f"{'' if enabled else 'gc.disable()'}\n"
+                "import hallnll\n"
+                "n = gc.get_freeze_count()\n"
+                "import torch._dynamo\n"  # imported later, not frozen until the exit
+                "print('import frozen:', n > 100_000, 'collector on:', gc.isenabled())\n"
+                "sys.exit(3)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": root})
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stdout.splitlines() == [f"import frozen: True collector on: {enabled}",
+                                            "more frozen at exit: True"], proc.stdout
