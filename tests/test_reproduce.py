@@ -86,6 +86,11 @@ def test_unknown_table_errors_clearly(capsys, tmp_path):
     assert "give a table" in capsys.readouterr().err
     with pytest.raises(reproduce.ReproduceError, match="known tables"):
         reproduce.get_table("nope")
+    assert cli.main(["reproduce", "table5", "--cells", "gmm,nope", "--runs", str(tmp_path / "r"),
+                     "--results", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "table5 has no cell nope; its cells: easy, gmm, hallnll" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------- runs
@@ -123,6 +128,12 @@ def test_table5_quick_writes_results_and_does_not_redo_finished_runs(table5_quic
     assert time.perf_counter() - t0 < 20
     assert [s.stat().st_mtime_ns for s in summaries] == stamps
     assert "92.47 ± 0.41" in out  # the markdown table is printed
+    # --cells: only that cell's run is planned (here finished: skipped); the table is still whole
+    assert reproduce.main(_args("table5", tmp_path, cells="hallnll")) == 0
+    out = capsys.readouterr().out
+    assert "table5 cells hallnll at scale quick: 1 runs" in out and out.count("skip") == 1
+    with open(tmp_path / "results" / "table5.csv") as f:
+        assert list(csv.DictReader(f)) == table
 
 
 def test_a_failing_cell_is_reported_while_the_others_complete(tmp_path, monkeypatch, capsys):

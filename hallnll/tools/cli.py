@@ -4,7 +4,7 @@
     hallnll train PARAMS.yaml [--set k=v ...] --out DIR [--seeds N] [--parallel N] [--executor slurm ...]
     hallnll fit-folder TRAIN.csv [--test TEST.csv] --out DIR [--set k=v ...]   # label_issues.csv
     hallnll noise [PARAMS.yaml] [--set k=v ...] --out labels.csv
-    hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list] [--executor slurm ...]
+    hallnll reproduce TABLE [--scale quick|paper] [--seeds N] [--parallel N] [--list] [--cells NAME,...] [--executor slurm ...]
     hallnll bench [--params P] [--set k=v ...] [--epochs N] [--json FILE] [--parallel N] [--levers [NAMES]]
     hallnll fidelity [--params P] [--set k=v ...] [--seeds N] [--parallel N] [--out DIR]
 
@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default="results")
     r.add_argument("--runs", default="runs/reproduce")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--cells", default=None, metavar="NAME,...",
+                   help="run only these cells of the table (names from --list); the table is still written "
+                        "whole, the other cells from the runs they already have")
     add_executor_args(r)
     r.set_defaults(fn=cmd_reproduce)
 

@@ -5,6 +5,7 @@ is one run of ``06_training.ipynb``, executed by :mod:`hallnll.tools.jobs`.
     hallnll reproduce table5                       # quick scale: digits on the CPU, minutes
     hallnll reproduce table2 --scale paper --seeds 3 --parallel 2
     hallnll reproduce all --scale quick
+    hallnll reproduce table5 --cells gmm,hallnll    # only these cells run; the table keeps the others' runs
 
 (The notebooks need the extras: ``pip install -e ".[notebooks]"``.)
 
@@ -35,6 +36,9 @@ Runs
     P=0.4, Table 8 lambda_conf=0.8, Table 2 40%) share their runs. A run is
     not redone when it is finished (:func:`hallnll.tools.jobs.finished`). A failed
     run is reported with its executed notebook and the error; the others go on.
+    ``--cells NAME,...`` runs only those cells (names as ``--list`` gives them); the
+    tables are still written whole, each other cell from the runs it already has
+    ("-" where it has none).
 
 Results
     ``RESULTS/TABLE.md`` and ``RESULTS/TABLE.csv``: per cell our mean ± std
@@ -346,8 +350,9 @@ def compare(name: str, results_dir="results"):
 # ------------------------------------------------------------------ entry points
 def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | None = None, parallel: int = 1,
               runs="runs/reproduce", results="results", overrides: Sequence[str] = (), log=print,
-              slurm=None) -> dict:
-    """Run (or reuse) every cell x seed of the tables and write their results.
+              slurm=None, cells: Sequence[str] | None = None) -> dict:
+    """Run (or reuse) every cell x seed of the tables (``cells``: only the cells of these
+    names) and write their results.
 
     Returns ``{"tables": {name: rows}, "failed": [result dicts], "markdown": {name: text}}``;
     ``slurm`` (:class:`hallnll.tools.cluster.SlurmOptions`): the runs as one SLURM job array, ``"pending"``
@@ -367,20 +372,29 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
     check_output(runs, what="--runs")
     seed_list = list(range(n_seeds))
     plans = {n: plan_table(n, scale, runs, overrides) for n in names}
-    bad = [p for n in names for p in plans[n] if p.error]
+    if cells is not None:
+        cells = [c.strip() for c in cells if c.strip()]
+        known = {p.cell.key for n in names for p in plans[n]}
+        unknown = [c for c in cells if c not in known]
+        if unknown or not cells:
+            raise ReproduceError(f"--cells {','.join(cells)}: {', '.join(names)} has no cell "
+                                 f"{', '.join(unknown) or '(none given)'}; its cells: {', '.join(sorted(known))}")
+    chosen = lambda p: cells is None or p.cell.key in cells  # noqa: E731
+    bad = [p for n in names for p in plans[n] if p.error and chosen(p)]
     if bad:  # the same --set reaches every cell: said once, before any cell runs
         more = f" (and {len(bad) - 1} more cell(s))" if len(bad) > 1 else ""
         raise ConfigError(f"{bad[0].table}/{bad[0].cell.key}: {bad[0].error}{more}; nothing was run")
     jobs, by_dir = [], {}
     for n in names:
-        for p in plans[n]:
+        for p in filter(chosen, plans[n]):
             for s in seed_list:
                 out = p.run_root / f"seed{s}"
                 if str(out) in by_dir:
                     continue
                 by_dir[str(out)] = len(jobs)
                 jobs.append(Job(f"{n}/{p.cell.key} seed{s}", p.params, list(p.overrides), s, out, NOTEBOOK))
-    log(f"reproduce {', '.join(names)} at scale {scale}: {len(jobs)} runs ({n_seeds} seed(s) each), "
+    log(f"reproduce {', '.join(names)}{' cells ' + ','.join(cells) if cells else ''} at scale {scale}: "
+        f"{len(jobs)} runs ({n_seeds} seed(s) each), "
         f"{parallel} at a time, runs under {Path(runs) / scale}")
     if not all(finished(j) for j in jobs):
         require_notebook_tools()
@@ -399,7 +413,7 @@ def reproduce(table: str | Sequence[str], scale: str = "quick", seeds: int | Non
     with folder_lock(results, what="--results", wait=120):  # one writer of RESULTS at a time
         for n in names:
             rows = collect(plans[n], seed_list, failures)
-            failed = any(r["error"] for r in rows)
+            failed = any(r["error"] for r, p in zip(rows, plans[n]) if chosen(p))  # (--cells: of those run)
             keep = failed and (Path(results) / f"{n}.md").is_file()  # never replace a table with failures
             md_path, csv_path, md = write_results(n, rows, results, scale, ".partial" if keep else "")
             if not failed:
@@ -436,7 +450,8 @@ def main(args) -> int:
 
         out = reproduce(table, scale, getattr(args, "seeds", None), 1 if getattr(args, "parallel", None) is None else args.parallel,
                         getattr(args, "runs", "runs/reproduce"), getattr(args, "results", "results"), extra,
-                        slurm=slurm_options(args))
+                        slurm=slurm_options(args),
+                        cells=getattr(args, "cells", None) and args.cells.split(","))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
