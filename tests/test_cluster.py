@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DIGITS_TINY
-from hallnll.tools import cli, jobs
+from hallnll.tools import cli, cluster, jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = str(ROOT / "params" / "digits-quick.yaml")
@@ -158,10 +158,8 @@ def _release_when_requeued(job_id, run_dir, seen, limit_s=100.0, queue_s=600.0):
 
 
 def _job_state(job_id) -> tuple:
-    """(JobState, Restarts) of a job, from scontrol (which, unlike squeue, counts requeues)."""
-    info = dict(kv.split("=", 1) for kv in subprocess.run(["scontrol", "show", "job", "-o", job_id],
-                                                           capture_output=True, text=True).stdout.split()
-                if "=" in kv)
+    """(JobState, Restarts) of a job (cluster.scontrol_job: scontrol, which, unlike squeue, counts requeues)."""
+    info = cluster.scontrol_job(job_id)
     return info.get("JobState"), int(info.get("Restarts", 0))
 
 

@@ -151,11 +151,17 @@ def _queued(job_ids) -> Optional[set]:
     return set(proc.stdout.split()) & set(job_ids) if proc.returncode == 0 else None
 
 
-def _slurm_state(job_id) -> str:
-    """How SLURM ended a job that left the queue, from ``scontrol show job`` (kept ``MinJobAge``
-    after its end): e.g. ``FAILED (NonZeroExitCode), requeued 1x``; "" where it no longer knows."""
+def scontrol_job(job_id) -> dict:
+    """``scontrol show job -o`` of a job as a dict (JobState, Reason, Restarts, ...; unlike squeue it
+    counts requeues and keeps an ended job for ``MinJobAge``); {} where SLURM does not know it."""
     proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
-    info = dict(kv.split("=", 1) for kv in proc.stdout.split() if "=" in kv) if proc.returncode == 0 else {}
+    return dict(kv.split("=", 1) for kv in proc.stdout.split() if "=" in kv) if proc.returncode == 0 else {}
+
+
+def _slurm_state(job_id) -> str:
+    """How SLURM ended a job that left the queue (:func:`scontrol_job`): e.g.
+    ``FAILED (NonZeroExitCode), requeued 1x``; "" where it no longer knows."""
+    info = scontrol_job(job_id)
     if "JobState" not in info:
         return ""
     reason = info.get("Reason", "None")
@@ -190,7 +196,7 @@ def _outcome(job, task, t0: float, died: bool = False) -> dict:
     if died:  # SLURM's word on it first: the log's last line may be an earlier allocation's
         state = _slurm_state(task.job_id)
         line = _last_line(task.paths.stderr)
-        error = (f"the task left the SLURM queue without a result" + (f" (SLURM: {state})" if state else "")
+        error = ("the task left the SLURM queue without a result" + (f" (SLURM: {state})" if state else "")
                  + (f"; its log ends: {line}" if line else ""))
         return _result(job, t0, ok=False, error=error, log=log, slurm_job=task.job_id)
     try:
