@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from hallnll.tools import reproduce
-from hallnll.tools.notebook import execute
+from hallnll.tools.notebook import execute, kernel
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -91,8 +91,20 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")
 
 
+@pytest.fixture(scope="module")
+def one_kernel():
+    """One kernel of this interpreter (one thread) for the whole series: each notebook skips a
+    kernel's start and the imports of torch, scikit-learn and torch's compiler (about 4 s of
+    CPU each). Before each notebook after the first, execute() clears the kernel's names
+    (%reset -f), so a notebook that leans on another's variables or imports fails as in a
+    fresh kernel; hallnll reproduce runs each notebook in a fresh kernel
+    (tests/test_reproduce.py, tests/test_cluster.py)."""
+    with kernel(threads=1) as km:
+        yield km
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, workdir):
+def test_notebook_runs(path, workdir, one_kernel):
     out = workdir / f"{path.stem}.ipynb"
     params = parameters(path.stem, workdir)
     if path.stem == "10_tables":  # one table with results (made-up numbers), the others not run yet
@@ -103,7 +115,7 @@ def test_notebook_runs(path, workdir):
     if path.stem == "08_hyperparameters" and (workdir / "runs" / "hallnll" / "summary.json").is_file():
         # its (P 0.6, lambda_conf 0.8) cell is the shared run: fit resumes the finished copy
         shutil.copytree(workdir / "runs" / "hallnll", workdir / "08" / "p0.6-lc0.8", dirs_exist_ok=True)
-    execute(path, out, params, cwd=REPO, threads=1)  # a kernel of this interpreter, one thread
+    execute(path, out, params, cwd=REPO, km=one_kernel)  # the series' kernel (one thread), its names cleared
     nb = nbformat.read(str(out), as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors

@@ -21,6 +21,7 @@ kernel that imports hallnll::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -138,21 +139,12 @@ def _kernel_spec(threads: int) -> dict:
             "display_name": "Python (hallnll)", "language": "python", "env": env}
 
 
-def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0, start_timeout: int = 60,
-            transport: str = "tcp") -> None:
-    """Run ``notebook`` with ``parameters`` (papermill) into ``output``, in ``cwd``
-    (default: the working folder), with ``threads`` OpenMP/MKL threads in the kernel.
-
-    ``start_timeout``: seconds the kernel may take to start (papermill's default
-    is 60; a busy cluster node can take longer). ``transport="ipc"``: the kernel
-    talks over Unix sockets in a private temporary folder instead of TCP ports,
-    so kernels started at once on one node cannot pick the same port (SLURM jobs
-    use it, :func:`hallnll.tools.jobs.execute`).
-
-    Raises papermill's ``PapermillExecutionError`` when a cell fails (the
-    executed notebook, with the error, is written all the same).
-    """
-    import papermill as pm
+@contextlib.contextmanager
+def kernel(threads: int = 0, transport: str = "tcp"):
+    """A kernel manager of this interpreter (:func:`_kernel_spec`) for the block, its kernel
+    not started yet: :func:`execute` starts it for the first notebook, later ones run in it;
+    shut down at the end of the block. ``transport="ipc"``: Unix sockets in a private
+    temporary folder instead of TCP ports (see :func:`execute`)."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
@@ -163,9 +155,59 @@ def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0, star
         extra = {"transport": "ipc", "ip": str(Path(tmp) / "kernel")} if transport == "ipc" else {}
         km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]),
                            **extra)
-        pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL, km=km,
-                            cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False,
-                            start_timeout=start_timeout)
+        try:
+            yield km
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
+
+
+#: run in a kernel before each notebook after its first (:func:`execute` with ``km``): the
+#: user's names gone (``%reset -f``), the working folder the notebook's, matplotlib's figures closed
+_RESET = "get_ipython().run_line_magic('reset', '-f')\nimport os as _os\n_os.chdir({cwd!r})\ndel _os\n" \
+         "import matplotlib.pyplot as _plt\n_plt.close('all')\ndel _plt"
+
+
+def execute(notebook, output, parameters: dict, cwd=None, threads: int = 0, start_timeout: int = 60,
+            transport: str = "tcp", km=None) -> None:
+    """Run ``notebook`` with ``parameters`` (papermill) into ``output``, in ``cwd``
+    (default: the working folder), with ``threads`` OpenMP/MKL threads in the kernel.
+
+    ``start_timeout``: seconds the kernel may take to start (papermill's default
+    is 60; a busy cluster node can take longer). ``transport="ipc"``: the kernel
+    talks over Unix sockets in a private temporary folder instead of TCP ports,
+    so kernels started at once on one node cannot pick the same port (SLURM jobs
+    use it, :func:`hallnll.tools.jobs.execute`).
+
+    ``km``: a kernel manager of :func:`kernel` to run in (``threads`` and ``transport``
+    are then its own). A fresh kernel per notebook by default; several notebooks in one
+    kernel skip its start and imports (a few seconds each: the tests run the notebook
+    series so): from the second on, the kernel's user names are cleared first
+    (``%reset -f``), its working folder set to ``cwd`` and its figures closed; modules
+    stay imported.
+
+    Raises papermill's ``PapermillExecutionError`` when a cell fails (the
+    executed notebook, with the error, is written all the same).
+    """
+    import papermill as pm
+
+    cwd = str(cwd or Path.cwd())
+    if km is None:
+        with kernel(threads, transport) as fresh:
+            execute(notebook, output, parameters, cwd, start_timeout=start_timeout, km=fresh)
+        return
+    if km.has_kernel:
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=start_timeout)
+            reply = kc.execute_interactive(_RESET.format(cwd=cwd), timeout=start_timeout, store_history=False)
+        finally:
+            kc.stop_channels()
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"the kernel could not be reset for {notebook}: {reply['content']}")
+    pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL, km=km, cwd=cwd,
+                        progress_bar=False, log_output=False, start_timeout=start_timeout)
 
 
 def first_error(path) -> str:
