@@ -128,3 +128,25 @@ def test_notebook_runs(path, workdir, one_kernel):
     if path.stem == "09_figures":
         for f in ("fig4_tsne", "fig5_anchors", "fig6_correction", "fig7_hard_examples"):
             assert (workdir / "figures" / f"{f}.png").is_file() and (workdir / "figures" / f"{f}.pdf").is_file()
+
+
+def test_a_notebook_in_the_series_kernel_does_not_see_the_names_of_the_one_before(one_kernel, tmp_path):
+    """execute(km=...) clears the kernel's names before each notebook: what a notebook leaves
+    behind (a variable, an imported name) is gone for the next, which runs in its own cwd."""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from hallnll.tools.notebook import first_error
+    from papermill import PapermillExecutionError
+
+    def notebook(name, code):
+        nb = new_notebook(cells=[new_code_cell("x = 1", metadata={"tags": ["parameters"]}), new_code_cell(code)])
+        nbformat.write(nb, str(tmp_path / f"{name}.ipynb"))
+        return tmp_path / f"{name}.ipynb"
+
+    execute(notebook("a", "import numpy as np\nleft = 1"), tmp_path / "a.out.ipynb", {}, cwd=REPO, km=one_kernel)
+    for name, code in (("b", "print(left)"), ("c", "print(np.zeros(1))")):
+        with pytest.raises(PapermillExecutionError):
+            execute(notebook(name, code), tmp_path / f"{name}.out.ipynb", {}, cwd=REPO, km=one_kernel)
+        assert first_error(tmp_path / f"{name}.out.ipynb").startswith("NameError"), name
+    execute(notebook("d", f"import os\nassert os.getcwd() == {str(tmp_path)!r}"), tmp_path / "d.out.ipynb", {},
+            cwd=tmp_path, km=one_kernel)
