@@ -21,12 +21,18 @@ change of the method, so the golden comparison is made of three parts:
   runs of one seed are the same, bit for bit.
 - **the recorded CPU kind** (``cpu`` in the golden file: kernel ISAs and vendor): the whole 6-epoch
   run of every variant, to 1e-6. Elsewhere that comparison is skipped, saying so.
+- **the AVX2 kernels, on a CPU with AVX-512** (those of AMD EPYC and other CPUs without
+  AVX-512: ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``): the comparisons above once
+  more, in a process of their own (``make_golden.py --measure``). Where this process already
+  runs the AVX2 kernels, they are the ones above and these are skipped.
 
 Regenerate the files only for an intended change of behaviour, and say so.
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -151,3 +157,37 @@ def test_metrics_equal_the_golden_run_on_its_cpu_kind(golden, runs, variant):
         pytest.skip(f"the 6-epoch golden run was made on {golden['cpu']}, this is {cpu_kind()}: "
                     f"float drift of other kernels grows chaotically there (the first SSL epoch is compared instead)")
     _same(runs[variant], golden["metrics"][variant])
+
+
+def _runs_avx2_kernels() -> bool:
+    """Whether this process computes with the AVX2 kernels (ATen's and oneDNN's)."""
+    return cpu_kind().startswith("aten=AVX2 onednn=AVX2 ")
+
+
+@pytest.fixture(scope="module")
+def avx2(tmp_path_factory):
+    """``make_golden.py --measure`` in a process with the AVX2 kernels (on a CPU with AVX-512)."""
+    if _runs_avx2_kernels():
+        pytest.skip(f"this process runs the AVX2 kernels ({cpu_kind()}): the tests above compared them")
+    out = tmp_path_factory.mktemp("avx2") / "measured.json"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(HERE.parent.parent)}
+    proc = subprocess.run([sys.executable, str(HERE / "golden" / "make_golden.py"), "--measure", str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    measured = json.loads(out.read_text())
+    assert measured["cpu"].startswith("aten=AVX2 onednn=AVX2 "), measured["cpu"]
+    return measured
+
+
+@pytest.mark.parametrize("variant", SSL_VARIANTS)
+def test_the_first_ssl_epoch_with_the_avx2_kernels_is_the_golden_one(golden, avx2, variant):
+    assert avx2["noisy"] == golden["noisy"]
+    _close(avx2["first_ssl_epoch"][variant], golden["first_ssl_epoch"][variant], f"{variant} (AVX2 kernels)")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_metrics_with_the_avx2_kernels_equal_the_golden_run_on_its_cpu_kind(golden, avx2, variant):
+    if avx2["cpu"] != golden["cpu"]:
+        pytest.skip(f"the 6-epoch golden run was made on {golden['cpu']}, the AVX2 kernels here are {avx2['cpu']}")
+    _same(avx2["metrics"][variant], golden["metrics"][variant])

@@ -2,6 +2,7 @@
 
     python tests/golden/make_golden.py      # one torch thread, as the tests run
     python tests/golden/make_golden.py --first-ssl-only   # keep the warm-up state and 6-epoch runs
+    python tests/golden/make_golden.py --measure OUT.json # this machine's, into OUT.json (the golden files stay)
 
 Two files, both made on one machine (its CPU kind is recorded):
 - ``digits_metrics.json``: the 6-epoch metrics rows of each variant (compared
@@ -97,6 +98,27 @@ def setting():
     return cfg, data, noisy
 
 
+def measure(path) -> None:
+    """This machine's numbers in the golden file's form, written to ``path`` (the golden
+    files are left alone): the first SSL epochs from the stored warm-up state and, where
+    this CPU kind is the golden file's, the 6-epoch runs of every variant (elsewhere
+    tests/test_golden.py does not compare them). tests/test_golden.py runs it with the
+    AVX2 kernels on CPUs with AVX-512."""
+    torch.set_num_threads(1)
+    cfg, data, noisy = setting()
+    golden = json.loads(GOLDEN.read_text())
+    out = {"cpu": cpu_kind(), "noisy": "".join(map(str, noisy.tolist())), "metrics": {}, "first_ssl_epoch": {}}
+    warmup = torch.load(WARMUP, weights_only=False)
+    for v in SSL_VARIANTS:
+        out["first_ssl_epoch"][v] = first_ssl_epoch(cfg, data, noisy, warmup, v)
+    if out["cpu"] == golden["cpu"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            for v in VARIANTS:
+                fit(cfg.replace(variant=v), Path(tmp) / v, data=data, noisy=noisy)
+                out["metrics"][v] = rows_without_timings(Path(tmp) / v / "metrics.jsonl")
+    Path(path).write_text(json.dumps(out) + "\n")
+
+
 def main(first_ssl_only: bool = False) -> None:
     torch.set_num_threads(1)
     cfg, data, noisy = setting()
@@ -129,4 +151,7 @@ def main(first_ssl_only: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(first_ssl_only="--first-ssl-only" in sys.argv[1:])
+    if sys.argv[1:2] == ["--measure"]:
+        measure(sys.argv[2])
+    else:
+        main(first_ssl_only="--first-ssl-only" in sys.argv[1:])
