@@ -174,10 +174,12 @@ def check_resumable(cfg: Config, state: dict, path) -> None:
 #: seeded) at the start of every run but first trained after the warm-up, so with one
 #: network its settings are free too: the run keeps its own, fresh h_phi. With two
 #: networks the second is seeded after the first's h_phi, so h_phi's shape is not free.
+#: ``diagnostics`` reads no training state and draws from its own generator: the warm-up
+#: rows keep the checkpoint's diagnostic columns (docs/choices.md#diagnostics).
 WARMUP_FREE = ("variant", "warmup_epochs", "lr_decay_epoch", "lambda_p", "k", "p", "lambda_conf", "lambda_mse",
                "gmm_threshold", "easy_selection", "hal_iters", "hal_batch_size", "hal_lr", "hal_graph",
                "clean_hard_weight", "sharpen_t", "mixup_alpha", "rampup_epochs", "lambda_prior", "gmm_max_iter",
-               "gmm_backend", "label_folds", "suggest_confidence")
+               "gmm_backend", "label_folds", "suggest_confidence", "diagnostics")
 _HAL_SHAPE = ("hal_hidden", "hal_out_relu", "hal_skip", "hal_norm")
 
 

@@ -263,10 +263,13 @@ def test_ssl_stage_stays_with_cross_entropy_on_clean_cifar(cifar10, tmp_path):
     assert len(noisy) == 1000 and bool((noisy == data.y_train).all())
     # the 8 warm-up epochs are trained once: ce's first 8 epochs, then gmm continues from their
     # checkpoint (warm_start: the run from scratch, epoch for epoch, tests/test_warm_start.py) and
-    # ce resumes its own (resume: the uninterrupted run, tests/test_golden.py)
-    fit(cfg.replace(variant="ce", epochs=8), tmp_path, data=data, noisy=noisy)
+    # ce resumes its own (resume: the uninterrupted run, tests/test_golden.py). ce runs without the
+    # diagnostics (two extra test passes per epoch, a third of its time), which only gmm's SSL
+    # epochs need below (training never reads them: tests/test_warm_start.py)
+    ce_cfg = cfg.replace(variant="ce", diagnostics=False)
+    fit(ce_cfg.replace(epochs=8), tmp_path, data=data, noisy=noisy)
     gmm = fit(cfg.replace(variant="gmm"), data=data, noisy=noisy, warm_start=tmp_path / "checkpoint.pt").history
-    ce = fit(cfg.replace(variant="ce"), tmp_path, data=data, noisy=noisy).history
+    ce = fit(ce_cfg, tmp_path, data=data, noisy=noisy).history
     assert len(ce) == len(gmm) == 10 and ce[7]["test_acc"] == gmm[7]["test_acc"]  # the same warm-up
     assert [r["phase"] for r in gmm[8:]] == ["ssl"] * 2
     mean_ce = sum(r["test_acc"] for r in ce[8:]) / 2

@@ -26,16 +26,21 @@ def warmup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sets", [["variant=hallnll", "hal_skip=false", "hal_norm=free", "hal_hidden=64"],
-                                  ["variant=ce"]], ids=["hallnll-own-hallucinator", "ce"])
+                                  ["variant=ce", "diagnostics=false"]], ids=["hallnll-own-hallucinator", "ce"])
 def test_a_warm_started_run_is_the_run_from_scratch(warmup, tmp_path, sets):
+    """ce also runs without the diagnostics, which training never reads: from the warm-up made
+    with them, its warm-up rows keep the checkpoint's diagnostic columns, every other number is
+    the run's from scratch (docs/choices.md#diagnostics)."""
     cfg = load_config("digits-quick", BASE + sets)
     scratch = fit(cfg, tmp_path / "scratch")
     warm = fit(cfg, tmp_path / "warm", warm_start=warmup)
     assert warm.summary["warm_start"] == {"checkpoint": str(warmup), "epoch": 3}
-    assert _rows(warm.history) == _rows(scratch.history)
-    assert [r["phase"] for r in warm.history][:3] == (["ce"] * 3 if "variant=ce" in sets else ["warmup"] * 3)
     saved = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
-    assert _rows(saved) == _rows(scratch.history)
+    diagnostic = [] if cfg.diagnostics else ["test_acc_batch_bn", "test_acc_running_bn"]
+    for rows in (_rows(warm.history), _rows(saved)):
+        assert [sorted(set(w) - set(s)) for w, s in zip(rows, _rows(scratch.history))] == [diagnostic] * 3 + [[]] * 2
+        assert [{k: w[k] for k in s} for w, s in zip(rows, _rows(scratch.history))] == _rows(scratch.history)
+    assert [r["phase"] for r in warm.history][:3] == (["ce"] * 3 if "variant=ce" in sets else ["warmup"] * 3)
 
 
 def test_a_warm_start_that_is_not_this_runs_warm_up_is_refused_before_anything_is_written(warmup, tmp_path):
