@@ -47,7 +47,7 @@ import torch
 from . import cotrain, distributed, engine, levers, reporting, selection, ssl
 from .config import Config
 from .data import ImageData
-from .data.stream import balanced_draw, device_images
+from .data.stream import DecodePool, balanced_draw, device_images
 from .hallucination import HallucinationResult, Hallucinator, hallucinate
 from .models import build_model
 
@@ -182,15 +182,17 @@ class Run:
             net.model, net.train_model, net.hal, net.opt, net.hal_opt
         # what is evaluated: the model, or the sum of both networks' logits (DivideMix's test())
         self.eval_model = self.model if len(self.nets) == 1 else cotrain.Ensemble([n.model for n in self.nets])
-        # resident uint8 on the device, or streamed from disk per batch (ImagePaths: hallnll.data.stream)
-        self.train_x = device_images(data.x_train, data.mean, data.std, dev, cl, cfg, cfg.seed)
-        self.test_x = device_images(data.x_test, data.mean, data.std, dev, cl, cfg, cfg.seed + 1)
+        # resident uint8 on the device, or streamed from disk per batch (ImagePaths: hallnll.data.stream),
+        # every split decoded by one pool of cfg.loader_workers workers
+        pool = DecodePool(cfg.loader_workers, pin_memory=dev.type == "cuda") if data.streamed else None
+        self.train_x = device_images(data.x_train, data.mean, data.std, dev, cl, cfg, cfg.seed, pool)
+        self.test_x = device_images(data.x_test, data.mean, data.std, dev, cl, cfg, cfg.seed + 1, pool)
         self.given = noisy.to(dev)
         self.true = data.y_train.to(dev) if data.train_labels_known else None
         self.y_test = data.y_test.to(dev)
         # the validation split that chooses the reported epoch (App. A, Clothing1M's 14k clean images)
         self.val_x = None if data.x_val is None else device_images(data.x_val, data.mean, data.std, dev, cl, cfg,
-                                                                   cfg.seed + 2)
+                                                                   cfg.seed + 2, pool)
         self.y_val = None if data.y_val is None else data.y_val.to(dev)
         self.draw: Optional[torch.Tensor] = None  # the training indices of this epoch's draw (Config.epoch_batches)
         # the step losses: None runs the eager engine.ce_loss / ssl.mixmatch_loss (compile_step replaces them)

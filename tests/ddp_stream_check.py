@@ -3,6 +3,7 @@ streamed path (a Clothing1M tree, one DataLoader worker per rank) under DDP, the
 
     torchrun --standalone --nproc_per_node 2 tests/ddp_stream_check.py TREE OUT
 """
+import multiprocessing
 import sys
 from collections import Counter
 from pathlib import Path
@@ -29,8 +30,18 @@ assert w == 2, w
 cfg = load_config("clothing1m", TINY)
 
 planned = []  # (train?, size) of every request this rank's workers were asked to decode
+workers = set()  # the pids of this rank's decoding workers, after every request
 _loader = StreamImages._loader
-StreamImages._loader = lambda self, reqs: (planned.extend((bool(q[2]), len(q[0])) for q in reqs), _loader(self, reqs))[1]
+
+
+def loader(self, reqs):
+    planned.extend((bool(q[2]), len(q[0])) for q in reqs)
+    it = _loader(self, reqs)
+    workers.update(c.pid for c in multiprocessing.active_children())
+    return it
+
+
+StreamImages._loader = loader
 
 
 def same_on_all_ranks(name, obj: dict):
@@ -64,6 +75,9 @@ for _ in range(2):
     else:
         assert set(sizes) == {8, 16} and sizes[16] == 4 and sizes[8] % 2 == 0, sizes  # labeled + unlabeled parts
         assert planned.count((False, 32)) == 2, planned  # each network's easiness pass: this rank's shard of 64
+# one worker decoded every split, draw and pass of this rank's run: started once (hallnll.data.stream.DecodePool;
+# a worker forked per pass hung this check's ranks now and then)
+assert len(workers) == 1, workers
 picks = []
 for k, net in enumerate(run.nets):
     same_on_all_ranks(f"network {k + 1}'s parameters and buffers", net.model.state_dict())

@@ -104,6 +104,34 @@ def test_streamed_batches_do_not_depend_on_workers_and_match_the_transforms(tree
     assert x.shape == (8, 3, 32, 32) and float((x - want).abs().mean()) < 0.05
 
 
+def test_one_pool_of_workers_serves_every_split_and_a_pass_taken_over_ends_in_this_process(tree):
+    """A draw (subset) and the test split share the training set's pool: one worker process, forked
+    once. A pass that a later one takes over hands out the rest of its batches decoded here: the
+    same pixels as without workers."""
+    import multiprocessing
+
+    from hallnll.data.stream import DecodePool
+
+    data = load_clothing1m(tree[0], crop=32, resize=36)
+    pool = DecodePool(workers=1)
+    a = StreamImages(data.x_train, data.mean, data.std, "cpu", seed=5, pool=pool)
+    t = StreamImages(data.x_test, data.mean, data.std, "cpu", seed=6, pool=pool)
+    b = StreamImages(data.x_train, data.mean, data.std, "cpu", workers=0, seed=5)
+    batches = [torch.arange(8 * i, 8 * i + 8) for i in range(3)]
+    a.plan(batches, train=True)
+    b.plan(batches, train=True)
+    first = a.batch(batches[0], augment=True)
+    pids = {c.pid for c in multiprocessing.active_children()}
+    test = [x for _, x in t.iter_batches(16)]  # takes the workers over
+    sub = a.subset(torch.arange(40, 72), seed=7)
+    assert sub.pool is pool and len([x for _, x in sub.iter_batches(16)]) == 2
+    rest = [a.batch(i, augment=True) for i in batches[1:]]  # the rest of a's pass, decoded here
+    assert all(torch.equal(g, b.batch(i, augment=True)) for g, i in zip([first] + rest, batches))
+    want = [x for _, x in StreamImages(data.x_test, data.mean, data.std, "cpu", workers=0, seed=6).iter_batches(16)]
+    assert all(torch.equal(g, w) for g, w in zip(test, want)) and len(test) == len(want)
+    assert len(pids) == 1 and {c.pid for c in multiprocessing.active_children()} == pids
+
+
 def test_jpeg_bytes_decoded_by_decode_jpeg_match_the_workers_and_pil(tree, tmp_path):
     # jpeg_decode: the device's decoder (nvJPEG) is chosen on CUDA only; on the CPU the bytes path
     # (workers read the files, torchvision.io.decode_jpeg decodes the batch) is testable as it is

@@ -6,7 +6,9 @@ training set on the device as uint8. Clothing1M's 1M images at 224 px would be
 and every batch is read and decoded by DataLoader workers
 (``torchvision.io.decode_image``), resized and cropped there, and sent to the
 device as one uint8 batch, where it is normalised. Host and device memory
-hold a few batches in flight (``workers x prefetch``), whatever N is.
+hold a few batches in flight (``workers x prefetch``), whatever N is. The
+workers are started once, at a run's first request, and serve all its splits
+(:class:`DecodePool`).
 
 :class:`StreamImages` has the interface of :class:`DeviceImages` that the
 steps of a run use (``len``, ``device``, ``batch``, ``augmented``,
@@ -169,29 +171,112 @@ def transform(img: torch.Tensor, crop: int, resize: int, mode: str, train: bool,
     return torch.stack(out)
 
 
-class _Decode(torch.utils.data.Dataset):
-    """A DataLoader dataset whose items are whole requests ``(index array, views, train, seed)``:
-    each worker decodes one batch and returns ``[views, B, 3, crop, crop]`` uint8, or with
-    ``raw`` only reads it: its files' bytes, one uint8 buffer and the lengths (:func:`decode_batch`)."""
+def decode_request(request) -> torch.Tensor | dict:
+    """A self-contained request ``(paths, crop, resize, mode, views, train, seed, raw)`` (the
+    files' paths as bytes): its images decoded as ``[views, B, 3, crop, crop]`` uint8, or with
+    ``raw`` only read: their bytes, one uint8 buffer and the lengths (:func:`decode_batch`)."""
+    paths, crop, resize, mode, views, train, seed, raw = request
+    if raw:
+        from torchvision.io import read_file
+
+        data = [read_file(p.decode()) for p in paths]
+        # one buffer and the lengths: a list of small tensors fails to cross to the main process
+        # (one file descriptor each: "Bad file descriptor" under torch's file_descriptor sharing)
+        return {"bytes": torch.cat(data), "lengths": torch.tensor([len(r) for r in data])}
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.stack([decode(p.decode(), crop, resize, mode, train, views, gen) for p in paths], 1)
+
+
+class _Decode:
+    """The requests ``(index array, views, train, seed)`` of a :class:`StreamImages` over ``files``
+    as self-contained requests (:func:`decode_request`), and decoded in this process by ``[]``."""
 
     def __init__(self, files: ImagePaths, raw: bool = False):
         self.files, self.raw = files, raw
 
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, request):
+    def request(self, request) -> tuple:
         idx, views, train, seed = request
         f = self.files
-        if self.raw:
-            from torchvision.io import read_file
+        return f.paths[np.asarray(idx, dtype=np.int64)], f.crop, f.resize, f.mode, views, train, seed, self.raw
 
-            raw = [read_file(f.path(int(i))) for i in idx]
-            # one buffer and the lengths: a list of small tensors fails to cross to the main process
-            # (one file descriptor each: "Bad file descriptor" under torch's file_descriptor sharing)
-            return {"bytes": torch.cat(raw), "lengths": torch.tensor([len(r) for r in raw])}
-        gen = torch.Generator().manual_seed(int(seed))
-        return torch.stack([decode(f.path(int(i)), f.crop, f.resize, f.mode, train, views, gen) for i in idx], 1)
+    def __getitem__(self, request):
+        return decode_request(self.request(request))
+
+
+class _Requests(torch.utils.data.Dataset):
+    """The pool's DataLoader dataset: an item is a self-contained request, decoded by the worker."""
+
+    def __getitem__(self, request):
+        return decode_request(request)
+
+
+class _Current:
+    """The pool's DataLoader sampler: the requests of its current pass."""
+
+    def __init__(self):
+        self.requests: list = []
+
+    def __iter__(self):
+        return iter(self.requests)
+
+    def __len__(self):
+        return len(self.requests)
+
+
+class DecodePool:
+    """The DataLoader workers that decode for the :class:`StreamImages` of a run (its training
+    set, the per-epoch draws of it, test and validation sets): started at the first request
+    and kept until the pool is dropped (a DataLoader with persistent workers; each request
+    carries its files' paths, so one pool serves every split). ``workers=0``: no workers,
+    each request is decoded in this process when it is asked for.
+
+    Why the workers start once: a DataLoader made for every plan forked new workers while
+    the queue threads of the previous one were still exiting, and CPython 3.11 hangs a child
+    forked while another thread is deleting its thread state (``PyOS_AfterFork_Child`` takes
+    the runtime's thread-list lock before re-initialising it): one rank of the streamed
+    torchrun check (tests/ddp_stream_check.py) hung so, its worker stuck in that lock, in
+    2 of about 30 runs on a loaded 2-core machine (2026-12-07, docs/data.md)."""
+
+    def __init__(self, workers: int = 4, prefetch: int = 2, pin_memory: bool = False):
+        self.workers, self.prefetch, self.pin_memory = int(workers), int(prefetch), bool(pin_memory)
+        self._current = _Current()
+        self._loader = None
+        self.generation = 0  # passes started: a pass a later one replaced decodes its rest here
+
+    def serve(self, requests: list):
+        """An iterator over the decoded self-contained ``requests``, in order. A later
+        :meth:`serve` takes the workers over; what this pass has not handed out by then is
+        decoded in this process (the same pixels)."""
+        self.generation += 1
+        it = None
+        if self.workers and requests:
+            if self._loader is None:
+                self._loader = torch.utils.data.DataLoader(_Requests(), batch_size=None, sampler=self._current,
+                                                           num_workers=self.workers, pin_memory=self.pin_memory,
+                                                           prefetch_factor=self.prefetch, persistent_workers=True)
+            self._current.requests = list(requests)
+            it = iter(self._loader)
+        return _Pass(self, list(requests), it)
+
+
+class _Pass:
+    """One :meth:`DecodePool.serve`: the workers' results while it is the pool's current pass."""
+
+    def __init__(self, pool: DecodePool, requests: list, it):
+        self.pool, self.requests, self.it, self.generation, self.k = pool, requests, it, pool.generation, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.k >= len(self.requests):
+            raise StopIteration
+        req = self.requests[self.k]
+        self.k += 1
+        if self.it is not None and self.pool.generation == self.generation:
+            return next(self.it)
+        self.it = None
+        return decode_request(req)
 
 
 _MMAP_FIXED = False
@@ -223,14 +308,17 @@ class StreamImages:
     streamed = True
 
     def __init__(self, files: ImagePaths, mean, std, device, channels_last: bool = False, workers: int = 4,
-                 seed: int = 0, prefetch: int = 2, decoder: str = "workers"):
+                 seed: int = 0, prefetch: int = 2, decoder: str = "workers", pool: DecodePool | None = None):
         fix_mmap_threshold()
         self.files, self.device = files, torch.device(device)
         self.decoder = jpeg_decoder(decoder, self.device)  # workers | device (the module docstring)
         c = 3
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1) * 255.0
-        self.channels_last, self.workers, self.prefetch = channels_last, int(workers), int(prefetch)
+        self.channels_last = channels_last
+        # the workers: a pool of their own, or one shared with the run's other splits (and the draws of subset)
+        self.pool = pool if pool is not None else DecodePool(workers, prefetch, self.device.type == "cuda")
+        self.workers, self.prefetch = self.pool.workers, self.pool.prefetch
         self.seeds = torch.Generator().manual_seed(int(seed))
         self._plan: list = []  # requests announced and not yet served, in order
         self._it = None  # the DataLoader iterator decoding them
@@ -249,7 +337,7 @@ class StreamImages:
         if seed is None:
             seed = int(torch.randint(2 ** 62, (1,), generator=self.seeds))
         return StreamImages(self.files[idx], (self.mean.view(-1) / 255).tolist(), (self.std.view(-1) / 255).tolist(),
-                            self.device, self.channels_last, self.workers, seed, self.prefetch, self.decoder)
+                            self.device, self.channels_last, seed=seed, decoder=self.decoder, pool=self.pool)
 
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         out = (xb.to(self.device, non_blocking=True).float() - self.mean) / self.std
@@ -258,14 +346,12 @@ class StreamImages:
 
     # ---------------------------------------------------------------- decoding
     def _loader(self, requests: list):
+        """The decoded ``requests`` (``(index array, views, train, seed)``), in order, from the pool."""
         import torchvision.io  # noqa: F401  imported here once, so forked workers do not each import it
         from torchvision.transforms.v2 import functional  # noqa: F401
 
-        loader = torch.utils.data.DataLoader(_Decode(self.files, self.decoder == "device"), batch_size=None,
-                                             sampler=requests,
-                                             num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                                             prefetch_factor=self.prefetch if self.workers else None)
-        return iter(loader)
+        d = _Decode(self.files, self.decoder == "device")
+        return self.pool.serve([d.request(r) for r in requests])
 
     def plan(self, batches, train: bool = True, views: int = 1) -> None:
         """Announce the next requests: ``batches`` (index tensors) in the order they will
@@ -352,15 +438,15 @@ def balanced_draw(labels: np.ndarray, n: int, num_classes: int, rng: np.random.G
     return out[rng.permutation(len(out))]
 
 
-def device_images(x, mean, std, device, channels_last: bool, cfg, seed: int = 0):
+def device_images(x, mean, std, device, channels_last: bool, cfg, seed: int = 0, pool: DecodePool | None = None):
     """The images of a split on the run's ``device``: :class:`StreamImages` for an
-    :class:`ImagePaths` (with ``cfg.loader_workers``), else the resident
-    :class:`~hallnll.data.gpu.DeviceImages`."""
+    :class:`ImagePaths` (decoded by ``pool``, else by a pool of ``cfg.loader_workers`` of
+    its own), else the resident :class:`~hallnll.data.gpu.DeviceImages`."""
     from .gpu import DeviceImages
 
     if isinstance(x, ImagePaths):
         return StreamImages(x, mean, std, device, channels_last, cfg.loader_workers, seed,
-                            decoder=jpeg_decoder(cfg.jpeg_decode, device))
+                            decoder=jpeg_decoder(cfg.jpeg_decode, device), pool=pool)
     return DeviceImages(x, mean, std, device, channels_last)
 
 
