@@ -150,7 +150,9 @@ def _release_when_requeued(job_id, run_dir, seen, limit_s=100.0, queue_s=600.0):
             seen["requeued_after_s"] = time.time() - (ran or t0)
             return
         late = time.time() - ran > limit_s if ran is not None else time.time() - t0 > queue_s
-        if state not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING") or late:
+        # SIGNALING: SLURM sends the time limit's signal (seen here for a poll, 2026-12-07); REQUEUE_*: submitit requeues
+        if state not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SIGNALING", "REQUEUE_FED",
+                         "REQUEUE_HOLD", "STAGE_OUT") or late:
             seen["gave_up"] = (f"job {job_id}: {state}, {restarts} restart(s), {time.time() - t0:.0f} s after its "
                                f"submission, {time.time() - ran if ran else 0:.0f} s after its start")
             return

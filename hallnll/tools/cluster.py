@@ -142,11 +142,13 @@ class JobTask(_Checkpointable):
 
 
 def _queued(job_ids) -> Optional[set]:
-    """The ids among ``job_ids`` that SLURM still has pending, running or requeued; None where
-    squeue itself failed (a busy controller): unknown, not gone."""
+    """The ids among ``job_ids`` that SLURM still has pending, running or requeued (or in a state
+    between: signalled at its time limit, staging out, stopped); None where squeue itself failed
+    (a busy controller): unknown, not gone."""
     if not job_ids:
         return set()
-    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-t", "PD,R,CG,CF,RQ,RS,S,RH", "-j", ",".join(job_ids)],
+    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-t", "PD,R,CG,CF,RQ,RS,S,RH,RF,SI,SO,ST", "-j",
+                           ",".join(job_ids)],
                           capture_output=True, text=True)
     return set(proc.stdout.split()) & set(job_ids) if proc.returncode == 0 else None
 
