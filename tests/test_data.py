@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,30 @@ def test_digits_shapes_and_dtypes(digits):
     assert set(d.y_train.tolist()) == set(range(10)) and int(d.x_train.max()) == 255
     assert len(d.mean) == len(d.std) == 1 and 0 < d.mean[0] < 1
     assert torch.equal(load_digits().y_train, d.y_train)  # fixed split
+
+
+def test_digits_are_scikit_learns_images_and_split_read_without_importing_it(digits):
+    """The bundled CSV read directly and the shipped split equal scikit-learn's load_digits and
+    train_test_split(test_size=450, random_state=0, stratify=y); a process that loads digits
+    does not import scikit-learn."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    sk = sk_digits()
+    x = torch.from_numpy(np.round(sk.images * (255.0 / 16.0)).astype(np.uint8)[:, None])
+    tr, te = train_test_split(np.arange(len(sk.target)), test_size=450, random_state=0, stratify=sk.target)
+    tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
+    assert torch.equal(digits.x_train, x[tr]) and torch.equal(digits.x_test, x[te])
+    y = torch.from_numpy(sk.target.astype(np.int64))
+    assert torch.equal(digits.y_train, y[tr]) and torch.equal(digits.y_test, y[te])
+    code = "import sys; from hallnll.data import load_digits; load_digits(); print('sklearn' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.split() == ["False"], proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------- CIFAR (missing)

@@ -40,17 +40,20 @@ def test_wheel_ships_params_and_notebooks(installed, tmp_path):
             "from hallnll import load_config\n"
             "print(load_config('params/digits-quick.yaml').name, load_config('cifar10-cbased-40').name)\n"
             "from hallnll.noise import load_label_csv\n"
-            "print(R.data_file('digits-cbased-40.csv'), len(load_label_csv(R.data_file('digits-cbased-40.csv'))[1]))\n")
+            "print(R.data_file('digits-cbased-40.csv'), len(load_label_csv(R.data_file('digits-cbased-40.csv'))[1]))\n"
+            "from hallnll.data import load_digits, sources\n"
+            "print(sources.DIGITS_TEST_ROWS, len(load_digits().y_test))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(installed)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    module, params_dir, params, notebooks, names, labels = proc.stdout.splitlines()
+    module, params_dir, params, notebooks, names, labels, split = proc.stdout.splitlines()
     assert module.startswith(str(installed)) and params_dir.startswith(str(installed))
     assert params == str(sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
     assert notebooks == str(sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")))
     assert names == "digits-quick cifar10-cbased-40"
     # the digits default's labels ship too, found by name from any folder
     assert labels.startswith(str(installed)) and labels.endswith("digits-cbased-40.csv 1347")
+    assert split.startswith(str(installed)) and split.endswith("digits_test_rows.txt 450")  # the digits split too
 
 
 def test_importing_hallnll_freezes_the_collector_after_its_imports_and_at_exit():

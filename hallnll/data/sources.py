@@ -84,16 +84,40 @@ class ImageData:
             self.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
 
 
-def load_digits() -> ImageData:
+#: the 450 test rows of digits' fixed split (the other 1,347 train), shipped beside this module
+DIGITS_TEST_ROWS = Path(__file__).with_name("digits_test_rows.txt")
+
+
+def _digits_arrays() -> tuple:
+    """scikit-learn's digits as ``(images [1797, 8, 8] in 0..16, targets)``: its bundled CSV read as
+    ``sklearn.datasets.load_digits`` reads it, without importing scikit-learn (about 1 s of every
+    process that trains on digits: a CLI run, a SLURM job, a notebook's kernel); through
+    ``load_digits`` where the file is not where scikit-learn keeps it."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    where = spec.submodule_search_locations if spec is not None else None
+    path = Path(list(where)[0]) / "datasets" / "data" / "digits.csv.gz" if where else None
+    if path is not None and path.is_file():
+        with gzip.open(path, "rt") as f:
+            data = np.loadtxt(f, delimiter=",")
+        return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
     from sklearn.datasets import load_digits as _ld
-    from sklearn.model_selection import train_test_split
 
     d = _ld()
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # [N,1,8,8]
-    y = d.target.astype(np.int64)
-    idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=450, random_state=0, stratify=y)
-    tr.sort(), te.sort()
+    return d.images, d.target
+
+
+def load_digits() -> ImageData:
+    images, target = _digits_arrays()
+    x = np.round(images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # [N,1,8,8]
+    y = target.astype(np.int64)
+    # the split: scikit-learn's train_test_split(test_size=450, random_state=0, stratify=y), made once and
+    # shipped (DIGITS_TEST_ROWS), so that it does not change with scikit-learn's splitter (tests/test_data.py)
+    te = np.array(" ".join(ln for ln in DIGITS_TEST_ROWS.read_text().splitlines() if not ln.startswith("#")).split(),
+                  dtype=np.int64)
+    tr = np.setdiff1d(np.arange(len(y)), te)
     return ImageData("digits", torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), torch.from_numpy(x[te]),
                      torch.from_numpy(y[te]), classes=[str(i) for i in range(10)])
 
