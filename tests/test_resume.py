@@ -4,6 +4,7 @@ command, no noise-rate claim where there is no generated noise. Digits."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,18 @@ def setting():
     return cfg, data, noisy
 
 
-def test_resume_refuses_other_settings_before_anything_is_written(setting, tmp_path):
+@pytest.fixture(scope="module")
+def first_part(setting, tmp_path_factory):
+    """The first 3 epochs of SHORT (no decay yet), trained once; each test resumes a copy of the folder."""
     cfg, data, noisy = setting
-    fit(cfg.replace(epochs=3, **NO_DECAY), tmp_path, data=data, noisy=noisy)
+    out = tmp_path_factory.mktemp("first3")
+    return out, fit(cfg.replace(epochs=3, **NO_DECAY), out, data=data, noisy=noisy).summary
+
+
+def test_resume_refuses_other_settings_before_anything_is_written(setting, first_part, tmp_path):
+    cfg, data, noisy = setting
+    tmp_path = tmp_path / "run"
+    shutil.copytree(first_part[0], tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(CheckpointError, match=r"other settings \(lr: 0.02 -> 0.05, p: 0.6 -> 0.5\).*--no-resume"):
         fit(cfg.replace(lr=0.05, p=0.5), tmp_path, data=data, noisy=noisy)
@@ -73,9 +83,11 @@ def test_a_corrupt_checkpoint_is_one_clear_error_before_the_noise_is_rebuilt(set
     assert res.summary["resumed_from_epoch"] == 0 and len(res.history) == 2
 
 
-def test_wall_seconds_counts_the_whole_run_after_a_resume(setting, tmp_path):
+def test_wall_seconds_counts_the_whole_run_after_a_resume(setting, first_part, tmp_path):
     cfg, data, noisy = setting
-    first = fit(cfg.replace(epochs=3, **NO_DECAY), tmp_path, data=data, noisy=noisy).summary
+    tmp_path = tmp_path / "run"
+    shutil.copytree(first_part[0], tmp_path)
+    first = first_part[1]
     before = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["wall_seconds"]
     assert 0 < before <= first["wall_seconds"]
     s = json.loads((tmp_path / "summary.json").read_text())

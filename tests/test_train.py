@@ -1,5 +1,6 @@
 """Alg. 1 end to end on the embedded default (scikit-learn's digits)."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,10 +99,19 @@ def test_variants_select_as_table5_describes(digits_cbased40, warmup5):
     assert "hal_loss" not in easy and "hal_loss" not in gmm
 
 
-def test_resume_continues_from_the_checkpoint(digits_cbased40, tmp_path):
+@pytest.fixture(scope="module")
+def four_epochs(digits_cbased40, tmp_path_factory):
+    """A finished run of 4 epochs (2 warm-up, 2 SSL, lr / 10 at 3), trained once: the uninterrupted
+    run the resume test compares with, and the finished run the fit-again test fits again."""
     cfg, data, noisy, _ = digits_cbased40
     c = short(cfg, epochs=4, warmup_epochs=2, lr_decay_epoch=3)
-    full = fit(c, tmp_path / "full", data=data, noisy=noisy)
+    out = tmp_path_factory.mktemp("four")
+    return c, out, fit(c, out, data=data, noisy=noisy)
+
+
+def test_resume_continues_from_the_checkpoint(digits_cbased40, four_epochs, tmp_path):
+    cfg, data, noisy, _ = digits_cbased40
+    c, _, full = four_epochs
     # the first part stops at 3 epochs (into the SSL epochs) without a decay (lr_decay_epoch=3 is
     # refused there; the full run's decay at 3 is not reached before epoch 3 either): the schedule
     # is read afresh on resume
@@ -155,23 +165,24 @@ def test_bad_input_is_refused_before_anything_is_written(digits_cbased40, tmp_pa
     assert not (tmp_path / "cli").exists()
 
 
-def test_fit_again_on_a_finished_run_writes_the_outputs_without_training(digits_cbased40, tmp_path):
+def test_fit_again_on_a_finished_run_writes_the_outputs_without_training(digits_cbased40, four_epochs, tmp_path):
     """Resume after the end (seen crashing on CUDA in the label report): nothing trains, the
     summary and the label report are written again from the checkpoint."""
     cfg, data, noisy, _ = digits_cbased40
-    c = short(cfg, epochs=3, warmup_epochs=2, lr_decay_epoch=2)
-    first = fit(c, tmp_path, data=data, noisy=noisy)
+    c, finished, first = four_epochs
+    tmp_path = tmp_path / "run"
+    shutil.copytree(finished, tmp_path)  # a copy of the finished run (the resume test reads the original)
     before = {n: (tmp_path / n).read_bytes() for n in ("checkpoint.pt", "metrics.jsonl", "labels.csv")}
     (tmp_path / "summary.json").unlink()
     (tmp_path / "labels.csv").unlink()
     again = fit(c, tmp_path, data=data, noisy=noisy)
-    assert again.run.epochs_done == 3 and len(again.history) == 3
+    assert again.run.epochs_done == 4 and len(again.history) == 4
     assert (tmp_path / "checkpoint.pt").read_bytes() == before["checkpoint.pt"]  # no epoch ran
     assert (tmp_path / "metrics.jsonl").read_bytes() == before["metrics.jsonl"]
     assert (tmp_path / "labels.csv").read_bytes() == before["labels.csv"]  # from the saved selection
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["best_acc"] == first.summary["best_acc"] and summary["last_acc"] == first.summary["last_acc"]
-    assert summary["epochs"] == 3
+    assert summary["epochs"] == 4
     assert again.run.last and all(v.device.type == "cpu" for v in again.run.last.values())
 
 
