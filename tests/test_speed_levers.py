@@ -397,11 +397,11 @@ def test_bench_synthetic_cifar_shapes(tmp_path):
 
     out = tmp_path / "b.json"
     args = argparse.Namespace(params=None, epochs=1, json=str(out),
-                              set=["arch=small_cnn", "device=cpu", "bench.n_train=128", "bench.n_test=64",
+                              set=["arch=small_cnn", "device=cpu", "bench.n_train=64", "bench.n_test=64",
                                    "bench.warmup=1", "batch_size=32", "eval_batch_size=64"])
     assert bench.main(args) == 0
     r = json.loads(out.read_text())
-    _check_report(r, 128)
+    _check_report(r, 64)
     assert r["data"]["source"] == "synthetic" and r["data"]["shape"] == [3, 32, 32] and r["data"]["n_test"] == 64
     # SSL FLOPs: a no-grad forward on every row plus a training step on the mixed batch
     ssl_ph = r["phases"]["ssl"]
