@@ -27,19 +27,25 @@ def _rows(history):
 
 
 @pytest.fixture(scope="module")
-def three(setting):
-    """The first 3 epochs of the run (2 warm-up, 1 SSL), trained once: their metrics rows and
-    the run's state after them. ``three.run()`` is a fresh Run continued from that state."""
+def three(setting, tmp_path_factory):
+    """The run, trained once: its first 3 epochs (2 warm-up, 1 SSL), their metrics rows, the run's
+    state, label report and checkpoint after them; then, uninterrupted, the rest of its epochs
+    (``whole``: rows and label report). ``three.run()`` is a fresh Run continued from the state
+    after 3 epochs (reading the report and saving change nothing of the run: they draw nothing)."""
     import copy
 
     cfg, data, noisy = setting
     run = Run(cfg, data, noisy)
     rows = [run.epoch() for _ in range(3)]
-
     state = copy.deepcopy(run.state_dict())
-    # trained: the trained run itself, only read (label_report, save) below
-    return SimpleNamespace(rows=rows, anchors=run.last_anchors, state=state, trained=run,
-                           run=lambda: _loaded(Run(cfg, data, noisy), copy.deepcopy(state)))
+    anchors, report = run.last_anchors, run.label_report()
+    checkpoint = tmp_path_factory.mktemp("three") / "ck.pt"
+    run.save(checkpoint)
+    while run.epochs_done < cfg.epochs:
+        run.epoch()
+    whole = SimpleNamespace(rows=_rows(run.history), report=run.label_report())
+    return SimpleNamespace(rows=rows, anchors=anchors, state=state, report=report, checkpoint=checkpoint,
+                           whole=whole, run=lambda: _loaded(Run(cfg, data, noisy), copy.deepcopy(state)))
 
 
 def _loaded(run, state):
@@ -65,15 +71,13 @@ def test_epoch_runs_the_steps_of_the_variant(setting, three):
 
 def test_state_dict_continues_the_run_exactly(setting, three):
     cfg, data, noisy = setting
-    whole = Run(cfg, data, noisy)
-    for _ in range(cfg.epochs):
-        whole.epoch()
     # three: the first 3 epochs, into the SSL epochs (generators and the hallucinator carry state)
     second = three.run()  # a fresh Run loaded with a copy of the state (its history list is appended to)
     while second.epochs_done < cfg.epochs:
         second.epoch()
-    assert _rows(second.history) == _rows(whole.history)
-    assert torch.equal(second.label_report()["corrected"], whole.label_report()["corrected"])
+    assert len(three.whole.rows) == cfg.epochs  # the same run, uninterrupted
+    assert _rows(second.history) == three.whole.rows
+    assert torch.equal(second.label_report()["corrected"], three.whole.report["corrected"])
     other = noisy.clone()
     other[0] = (other[0] + 1) % 10
     with pytest.raises(TrainingError, match="other noisy labels"):
@@ -111,13 +115,11 @@ def _moved(state: dict, device) -> dict:
     return mv(state)
 
 
-def test_a_loaded_run_keeps_its_last_selection_on_the_cpu(setting, three, tmp_path):
+def test_a_loaded_run_keeps_its_last_selection_on_the_cpu(setting, three):
     cfg, data, noisy = setting
-    run = three.trained
-    want = run.label_report()
-    run.save(tmp_path / "ck.pt")
+    want = three.report  # of the trained run after 3 epochs, saved then as three.checkpoint
     loaded = Run(cfg, data, noisy)
-    loaded.load(tmp_path / "ck.pt")
+    loaded.load(three.checkpoint)
     assert loaded.last and all(v.device.type == "cpu" for v in loaded.last.values())
     got = loaded.label_report()
     for k in want:
