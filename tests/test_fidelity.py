@@ -198,8 +198,8 @@ def test_a_grid_cut_short_is_compared_at_the_epoch_both_cells_reached():
 
 
 def test_fidelity_grid_runs_resumes_and_reports(tmp_path):
-    # the grid on digits (its own classification noise), two epochs per cell
-    sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=0", "checkpoint_every=0"]
+    # the grid on digits (its own classification noise), two epochs per cell on 512 of its images
+    sets = ["epochs=2", "warmup_epochs=1", "lr_decay_epoch=0", "checkpoint_every=0", "train_subset=512"]
     rep = fidelity.run("digits-quick", sets, tmp_path, variants=("ce", "gmm"), labels=("clean", "noisy"),
                        log=lambda *a: None)
     assert not rep["failed"]
