@@ -229,14 +229,19 @@ ORDER = (
     "tests/test_distributed.py",
     "tests/test_cluster.py::test_reproduce_table5_on_slurm_gives_the_process_table",
     "tests/test_reproduce.py::test_table5_quick_writes_results_and_does_not_redo_finished_runs",
-    "tests/test_levers.py::test_gpu_speed_script_dry_run",
-    "tests/test_notebooks.py",
     "tests/test_golden.py",
+    "tests/test_notebooks.py",
+    "tests/test_speed_levers.py",
+    "tests/test_levers.py::test_gpu_speed_script_dry_run",
+    "tests/test_fidelity.py",
     "tests/test_levers.py",
     "tests/test_run.py",
-    "tests/test_fidelity.py",
-    "tests/test_reproduce.py",
     "tests/test_resume.py",
+    "tests/test_clothing1m.py",
+    "tests/test_label_issues.py",
+    "tests/test_warm_start.py",
+    "tests/test_reproduce.py",
+    "tests/test_noise.py",
 )
 
 
