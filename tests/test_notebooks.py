@@ -101,6 +101,10 @@ def one_kernel():
     (tests/test_reproduce.py, tests/test_cluster.py)."""
     with kernel(threads=1) as km:
         yield km
+        pid = km.provisioner.pid if km.has_kernel else None
+    # the block shut the kernel down (as execute() does with the fresh kernel of each notebook;
+    # before, a notebook's kernel lived on until the process that ran it ended)
+    assert pid is not None and not km.has_kernel and not Path(f"/proc/{pid}").exists()
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
