@@ -38,6 +38,7 @@ def test_a_warm_started_run_is_the_run_from_scratch(warmup, tmp_path, sets):
     saved = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
     diagnostic = [] if cfg.diagnostics else ["test_acc_batch_bn", "test_acc_running_bn"]
     for rows in (_rows(warm.history), _rows(saved)):
+        assert len(rows) == len(scratch.history) == 5
         assert [sorted(set(w) - set(s)) for w, s in zip(rows, _rows(scratch.history))] == [diagnostic] * 3 + [[]] * 2
         assert [{k: w[k] for k in s} for w, s in zip(rows, _rows(scratch.history))] == _rows(scratch.history)
     assert [r["phase"] for r in warm.history][:3] == (["ce"] * 3 if "variant=ce" in sets else ["warmup"] * 3)
