@@ -159,15 +159,14 @@ def test_metrics_equal_the_golden_run_on_its_cpu_kind(golden, runs, variant):
     _same(runs[variant], golden["metrics"][variant])
 
 
-def _runs_avx2_kernels() -> bool:
-    """Whether this process computes with the AVX2 kernels (ATen's and oneDNN's)."""
-    return cpu_kind().startswith("aten=AVX2 onednn=AVX2 ")
+#: how cpu_kind() begins in a process that computes with the AVX2 kernels (ATen's and oneDNN's)
+AVX2_KIND = "aten=AVX2 onednn=AVX2 "
 
 
 @pytest.fixture(scope="module")
 def avx2(tmp_path_factory):
     """``make_golden.py --measure`` in a process with the AVX2 kernels (on a CPU with AVX-512)."""
-    if _runs_avx2_kernels():
+    if cpu_kind().startswith(AVX2_KIND):
         pytest.skip(f"this process runs the AVX2 kernels ({cpu_kind()}): the tests above compared them")
     out = tmp_path_factory.mktemp("avx2") / "measured.json"
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "1",
@@ -176,7 +175,7 @@ def avx2(tmp_path_factory):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     measured = json.loads(out.read_text())
-    assert measured["cpu"].startswith("aten=AVX2 onednn=AVX2 "), measured["cpu"]
+    assert measured["cpu"].startswith(AVX2_KIND), measured["cpu"]
     return measured
 
 

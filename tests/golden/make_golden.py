@@ -98,6 +98,18 @@ def setting():
     return cfg, data, noisy
 
 
+def variant_runs(cfg, data, noisy, tmp: Path) -> dict:
+    """The 6-epoch run of every variant (trained in ``tmp``): variant -> its metrics rows, timings aside."""
+    for v in VARIANTS:
+        fit(cfg.replace(variant=v), tmp / v, data=data, noisy=noisy)
+    return {v: rows_without_timings(tmp / v / "metrics.jsonl") for v in VARIANTS}
+
+
+def first_ssl_epochs(cfg, data, noisy, warmup: dict) -> dict:
+    """:func:`first_ssl_epoch` of every SSL variant from the warm-up state ``warmup``."""
+    return {v: first_ssl_epoch(cfg, data, noisy, warmup, v) for v in SSL_VARIANTS}
+
+
 def measure(path) -> None:
     """This machine's numbers in the golden file's form, written to ``path`` (the golden
     files are left alone): the first SSL epochs from the stored warm-up state and, where
@@ -108,14 +120,10 @@ def measure(path) -> None:
     cfg, data, noisy = setting()
     golden = json.loads(GOLDEN.read_text())
     out = {"cpu": cpu_kind(), "noisy": "".join(map(str, noisy.tolist())), "metrics": {}, "first_ssl_epoch": {}}
-    warmup = torch.load(WARMUP, weights_only=False)
-    for v in SSL_VARIANTS:
-        out["first_ssl_epoch"][v] = first_ssl_epoch(cfg, data, noisy, warmup, v)
+    out["first_ssl_epoch"] = first_ssl_epochs(cfg, data, noisy, torch.load(WARMUP, weights_only=False))
     if out["cpu"] == golden["cpu"]:
         with tempfile.TemporaryDirectory() as tmp:
-            for v in VARIANTS:
-                fit(cfg.replace(variant=v), Path(tmp) / v, data=data, noisy=noisy)
-                out["metrics"][v] = rows_without_timings(Path(tmp) / v / "metrics.jsonl")
+            out["metrics"] = variant_runs(cfg, data, noisy, Path(tmp))
     Path(path).write_text(json.dumps(out) + "\n")
 
 
@@ -128,24 +136,19 @@ def main(first_ssl_only: bool = False) -> None:
         old = json.loads(GOLDEN.read_text())
         assert old["cpu"] == out["cpu"] and old["noisy"] == out["noisy"], "made on another CPU kind or labels"
         out["metrics"] = old["metrics"]
-        warmup = torch.load(WARMUP, weights_only=False)
-        for v in SSL_VARIANTS:
-            out["first_ssl_epoch"][v] = first_ssl_epoch(cfg, data, noisy, warmup, v)
+        out["first_ssl_epoch"] = first_ssl_epochs(cfg, data, noisy, torch.load(WARMUP, weights_only=False))
         GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
         print(f"rewrote the first SSL epochs of {GOLDEN}")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        for v in VARIANTS:
-            fit(cfg.replace(variant=v), Path(tmp) / v, data=data, noisy=noisy)
-            out["metrics"][v] = rows_without_timings(Path(tmp) / v / "metrics.jsonl")
+        out["metrics"] = variant_runs(cfg, data, noisy, Path(tmp))
         # the warm-up state: the same for every SSL variant (the warm-up does not read the variant)
         fit(cfg.replace(variant="hallnll", epochs=cfg.warmup_epochs, lr_decay_epoch=0), Path(tmp) / "warm",
             data=data, noisy=noisy)
         state = torch.load(Path(tmp) / "warm" / "checkpoint.pt", weights_only=False)
     warmup = {k: state[k] for k in WARMUP_KEYS}
     torch.save(warmup, WARMUP)
-    for v in SSL_VARIANTS:
-        out["first_ssl_epoch"][v] = first_ssl_epoch(cfg, data, noisy, warmup, v)
+    out["first_ssl_epoch"] = first_ssl_epochs(cfg, data, noisy, warmup)
     GOLDEN.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {GOLDEN} and {WARMUP} ({out['cpu']})")
 
