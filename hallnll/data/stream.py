@@ -248,15 +248,15 @@ class DecodePool:
         :meth:`serve` takes the workers over; what this pass has not handed out by then is
         decoded in this process (the same pixels)."""
         self.generation += 1
-        it = None
+        requests, it = list(requests), None
         if self.workers and requests:
             if self._loader is None:
                 self._loader = torch.utils.data.DataLoader(_Requests(), batch_size=None, sampler=self._current,
                                                            num_workers=self.workers, pin_memory=self.pin_memory,
                                                            prefetch_factor=self.prefetch, persistent_workers=True)
-            self._current.requests = list(requests)
+            self._current.requests = requests
             it = iter(self._loader)
-        return _Pass(self, list(requests), it)
+        return _Pass(self, requests, it)
 
 
 class _Pass:
@@ -318,7 +318,6 @@ class StreamImages:
         self.channels_last = channels_last
         # the workers: a pool of their own, or one shared with the run's other splits (and the draws of subset)
         self.pool = pool if pool is not None else DecodePool(workers, prefetch, self.device.type == "cuda")
-        self.workers, self.prefetch = self.pool.workers, self.pool.prefetch
         self.seeds = torch.Generator().manual_seed(int(seed))
         self._plan: list = []  # requests announced and not yet served, in order
         self._it = None  # the DataLoader iterator decoding them
@@ -326,6 +325,11 @@ class StreamImages:
 
     def __len__(self):
         return len(self.files)
+
+    @property
+    def workers(self) -> int:
+        """The decoding workers of its pool (0: decoded in this process)."""
+        return self.pool.workers
 
     @property
     def x(self):  # what the resident path's callers read for the shape
