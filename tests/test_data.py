@@ -3,7 +3,6 @@ the published noisy-label files (C-based IDN of Chen et al., CIFAR-N)."""
 from __future__ import annotations
 
 import csv
-
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,6 @@ def test_digits_are_scikit_learns_images_and_split_read_without_importing_it(dig
     import subprocess
     import sys
 
-    import numpy as np
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
